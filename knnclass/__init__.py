@@ -1,0 +1,32 @@
+"""knnclass: nearest-neighbour text classification for support tickets."""
+
+from __future__ import annotations
+
+from .classifier import Classifier, Prediction
+from .data import Example
+from .errors import (
+    CollectionNotFoundError,
+    EncoderMismatchError,
+    InputError,
+    KnnclassError,
+    NotTunedError,
+    StoreCorruptError,
+    StoreLockedError,
+)
+from .voting import Decision, Neighbour, Rule
+
+__all__ = [
+    "Classifier",
+    "Prediction",
+    "Example",
+    "Rule",
+    "Neighbour",
+    "Decision",
+    "KnnclassError",
+    "InputError",
+    "NotTunedError",
+    "EncoderMismatchError",
+    "CollectionNotFoundError",
+    "StoreLockedError",
+    "StoreCorruptError",
+]

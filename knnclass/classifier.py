@@ -1,0 +1,253 @@
+"""The Classifier: an encoder, a store collection and a tuned vote rule."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .data import Example
+from .encoders.base import Encoder
+from .errors import EncoderMismatchError, ExampleNotFoundError, InputError, NotTunedError
+from .metrics import score_predictions
+from .store.base import CollectionMeta, Hit, Ref, Store
+from .tuning import K_MAX, TuningResult, tune_rule
+from .voting import Decision, Neighbour, Rule, decide
+
+__all__ = ["Classifier", "Prediction", "EncoderLoader"]
+
+EncoderLoader = Callable[[str], Encoder]
+Progress = Callable[[int], None]
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """A label (None when abstained), its confidence, and the neighbours as evidence."""
+
+    label: str | None
+    confidence: float
+    abstained: bool
+    reason: str | None
+    neighbours: list[Neighbour] = field(default_factory=list)
+    votes: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self, include_neighbours: bool = True) -> dict[str, Any]:
+        d: dict[str, Any] = {
+            "label": self.label,
+            "confidence": round(self.confidence, 6),
+            "abstained": self.abstained,
+            "reason": self.reason,
+        }
+        if include_neighbours:
+            d["neighbours"] = [{"id": n.id, "label": n.label, "score": round(n.score, 6)} for n in self.neighbours]
+        return d
+
+
+class Classifier:
+    """Classify, index, tune and edit examples of one collection.
+
+    The encoder is loaded only when text must be embedded; it must match the
+    collection's stamp, so vectors of two encoders never mix.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        collection: str = "tickets",
+        encoder: Encoder | None = None,
+        encoder_loader: EncoderLoader | None = None,
+    ):
+        self.store = store
+        self.collection = collection
+        self._encoder = encoder
+        self._loader = encoder_loader
+        self._mu = threading.Lock()
+
+    # --- plumbing ----------------------------------------------------------------------
+    def ref(self) -> Ref:
+        return self.store.ref(self.collection)
+
+    def meta(self, ref: Ref | None = None) -> CollectionMeta:
+        return self.store.get_meta(ref or self.ref())
+
+    def exists(self) -> bool:
+        return self.store.current_version(self.collection) is not None
+
+    def encoder_for(self, meta: CollectionMeta | None) -> Encoder:
+        """The encoder in use, loaded from the collection's stamp when none was given."""
+        with self._mu:
+            if self._encoder is None:
+                if self._loader is None:
+                    raise InputError("no encoder given and no way to load one")
+                self._encoder = self._loader(meta.encoder_source if meta else "")
+            enc = self._encoder
+        if meta is not None and enc.identity != meta.encoder:
+            raise EncoderMismatchError(
+                f"collection {self.collection!r} was indexed with encoder {meta.encoder}, "
+                f"but the encoder in use is {enc.identity}; use the same encoder, or re-index into a new collection"
+            )
+        return enc
+
+    # --- indexing ----------------------------------------------------------------------
+    def index(
+        self, examples: Sequence[Example], batch_size: int = 256, progress: Progress | None = None, optimize: bool = True
+    ) -> Ref:
+        """Embed and upsert; creates the collection (stamped with the encoder) if needed."""
+        if self.exists():
+            ref = self.ref()
+            enc = self.encoder_for(self.meta(ref))
+        else:
+            enc = self.encoder_for(None)
+            ref = self.store.create(self.collection, CollectionMeta(enc.identity, enc.source, enc.dim))
+        for start in range(0, len(examples), batch_size):
+            batch = examples[start : start + batch_size]
+            self.store.upsert(ref, batch, enc.embed([e.text for e in batch]))
+            if progress:
+                progress(len(batch))
+        if optimize:
+            self.store.optimize(ref)
+        return ref
+
+    def add(self, examples: Sequence[Example], ref: Ref | None = None) -> None:
+        """Add or replace examples live (durable on return)."""
+        ref = ref or self.ref()
+        enc = self.encoder_for(self.meta(ref))
+        self.store.upsert(ref, examples, enc.embed([e.text for e in examples]))
+
+    def get(self, example_id: str, ref: Ref | None = None) -> Example:
+        found = self.store.retrieve(ref or self.ref(), [example_id])
+        if not found:
+            raise ExampleNotFoundError(f"no example with id {example_id!r}")
+        return found[0][0]
+
+    def relabel(self, example_id: str, label: str, ref: Ref | None = None) -> Example:
+        """Change one example's label, keeping its vector."""
+        ref = ref or self.ref()
+        label = label.strip()
+        if not label:
+            raise InputError("label must not be empty")
+        found = self.store.retrieve(ref, [example_id], with_vectors=True)
+        if not found:
+            raise ExampleNotFoundError(f"no example with id {example_id!r}")
+        old, vec = found[0]
+        new = Example(old.id, old.text, label)
+        assert vec is not None
+        self.store.upsert(ref, [new], vec[None, :])
+        return new
+
+    def delete(self, example_id: str, ref: Ref | None = None) -> None:
+        ref = ref or self.ref()
+        if not self.store.retrieve(ref, [example_id]):
+            raise ExampleNotFoundError(f"no example with id {example_id!r}")
+        self.store.delete(ref, [example_id])
+
+    # --- classifying -------------------------------------------------------------------
+    def rule(self, meta: CollectionMeta) -> Rule:
+        if not meta.rule:
+            raise NotTunedError(f"collection {self.collection!r} has no tuned rule yet: run `knnclass tune`")
+        return Rule.from_dict(meta.rule)
+
+    def classify(
+        self,
+        texts: Sequence[str],
+        rule: Rule | None = None,
+        k: int | None = None,
+        with_text: bool = False,
+    ) -> tuple[list[Prediction], Ref, Rule]:
+        """Predictions for `texts`, all against one pinned version of the collection."""
+        ref = self.ref()
+        meta = self.meta(ref)
+        enc = self.encoder_for(meta)
+        rule = rule or self.rule(meta)
+        if k is not None:
+            rule = Rule(rule.vote, "k", k, rule.threshold)
+        return self.classify_vectors(enc.embed(texts), ref, rule, with_text), ref, rule
+
+    def classify_vectors(self, vectors: np.ndarray, ref: Ref, rule: Rule, with_text: bool = False) -> list[Prediction]:
+        n_indexed = self.store.count(ref)
+        k = min(rule.k(n_indexed), K_MAX)
+        hits = self.store.search(ref, vectors, k, with_text=with_text)
+        return [self._predict(h, rule, n_indexed) for h in hits]
+
+    @staticmethod
+    def _predict(hits: Sequence[Hit], rule: Rule, n_indexed: int) -> Prediction:
+        nbs = [Neighbour(h.id, h.label, h.score) for h in hits]
+        d: Decision = decide(nbs, rule, n_indexed)
+        return Prediction(d.label, d.confidence, d.abstained, d.reason, nbs, d.votes)
+
+    # --- tuning and evaluation ---------------------------------------------------------
+    def _loo_hits(self, ref: Ref, batch_size: int = 512) -> tuple[list[str], list[list[Hit]]]:
+        truth: list[str] = []
+        hits: list[list[Hit]] = []
+        n_indexed = self.store.count(ref)
+        limit = min(K_MAX, max(1, n_indexed - 1)) + 1
+        for examples, vecs in self.store.scroll(ref, batch_size, with_vectors=True):
+            assert vecs is not None
+            for e, row in zip(examples, self.store.search(ref, vecs, limit), strict=True):
+                truth.append(e.label)
+                hits.append([h for h in row if h.id != e.id][: limit - 1])
+        return truth, hits
+
+    def tune(
+        self, validation: Sequence[Example] | None = None, unknown_label: str | None = None
+    ) -> TuningResult:
+        """Pick the rule (leave-one-out without `validation`) and stamp it on the collection."""
+        ref = self.ref()
+        meta = self.meta(ref)
+        n_indexed = self.store.count(ref)
+        if n_indexed < 2:
+            raise InputError(f"collection {self.collection!r} needs at least 2 examples to tune (has {n_indexed})")
+        if validation is None:
+            if unknown_label is not None:
+                raise InputError("--unknown-label needs --validation (indexed examples are all in scope)")
+            truth, hits = self._loo_hits(ref)
+            mode = "leave-one-out"
+        else:
+            enc = self.encoder_for(meta)
+            truth = [e.label for e in validation]
+            limit = min(K_MAX, n_indexed)
+            hits = self.store.search(ref, enc.embed([e.text for e in validation]), limit)
+            mode = "validation"
+        result = tune_rule(truth, hits, n_indexed, unknown_label, mode)
+        self.store.set_meta(ref, meta.with_(rule=result.best.rule.to_dict(), tuning=result.summary()))
+        return result
+
+    def evaluate(self, examples: Sequence[Example], unknown_label: str | None = None) -> dict[str, Any]:
+        preds, _, rule = self.classify([e.text for e in examples])
+        m = score_predictions([e.label for e in examples], [p.label for p in preds], unknown_label)
+        ref = self.ref()
+        return {
+            **m,
+            "vote": rule.vote,
+            "size": rule.size,
+            "k": rule.k(self.store.count(ref)),
+            "percent": rule.value if rule.size == "pct" else None,
+            "threshold": rule.threshold,
+            "collection": ref.name,
+            "version": ref.version,
+        }
+
+    # --- description ---------------------------------------------------------------------
+    def info(self) -> dict[str, Any]:
+        ref = self.ref()
+        meta = self.meta(ref)
+        return {
+            "collection": ref.name,
+            "version": ref.version,
+            "versions": self.store.versions(ref.name),
+            "backend": self.store.backend,
+            "count": self.store.count(ref),
+            "encoder": meta.encoder,
+            "encoder_source": meta.encoder_source,
+            "dim": meta.dim,
+            "labels": self.store.label_counts(ref),
+            "rule": meta.rule,
+            "tuning": meta.tuning,
+        }
+
+    def iter_examples(self, ref: Ref | None = None) -> Iterable[Example]:
+        for examples, _ in self.store.scroll(ref or self.ref()):
+            yield from examples

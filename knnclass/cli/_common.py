@@ -1,0 +1,103 @@
+"""Shared CLI plumbing: common options, opening the classifier, output helpers."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from ..classifier import Classifier
+from ..data import read_label_map
+from ..encoders.base import Encoder
+from ..store import open_store
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+__all__ = ["store_options", "encoder_option", "open_classifier", "emit_json", "label_map_option", "load_label_map"]
+
+
+def store_options(f: F) -> F:
+    """--store, --collection and the server options, with env fallbacks."""
+    f = click.option(
+        "--qdrant-api-key", envvar="KNNCLASS_QDRANT_API_KEY", default=None, help="API key for --qdrant-url."
+    )(f)
+    f = click.option(
+        "--qdrant-url",
+        envvar="KNNCLASS_QDRANT_URL",
+        default=None,
+        help="Use a Qdrant server/cluster at this URL instead of the embedded store.",
+    )(f)
+    f = click.option(
+        "--collection",
+        envvar="KNNCLASS_COLLECTION",
+        default="tickets",
+        show_default=True,
+        help="Collection name (env KNNCLASS_COLLECTION).",
+    )(f)
+    f = click.option(
+        "--store",
+        envvar="KNNCLASS_STORE",
+        default="./knnclass-data",
+        show_default=True,
+        type=click.Path(file_okay=False, path_type=Path),
+        help="Embedded store directory (env KNNCLASS_STORE).",
+    )(f)
+    return f
+
+
+def encoder_option(f: F) -> F:
+    return click.option(
+        "--encoder",
+        "encoder_dir",
+        type=click.Path(exists=True, file_okay=False, path_type=Path),
+        default=None,
+        help="Local sentence-transformers model dir or exported knnclass encoder dir "
+        "(default: the collection's encoder; for a new collection all-MiniLM-L6-v2).",
+    )(f)
+
+
+def label_map_option(f: F) -> F:
+    return click.option(
+        "--label-map",
+        type=click.Path(exists=True, dir_okay=False, path_type=Path),
+        default=None,
+        help="Two-column CSV mapping file labels to the labels to use (e.g. category -> urgency).",
+    )(f)
+
+
+def load_label_map(path: Path | None) -> dict[str, str] | None:
+    return read_label_map(path) if path else None
+
+
+def _loader(explicit: Path | None) -> Callable[[str], Encoder]:
+    def load(source: str) -> Encoder:
+        from ..encoders import load_encoder
+
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        if explicit is not None:
+            return load_encoder(explicit)
+        if source and Path(source).exists():
+            return load_encoder(source)
+        return load_encoder(None)
+
+    return load
+
+
+def open_classifier(
+    store: Path,
+    collection: str,
+    qdrant_url: str | None = None,
+    qdrant_api_key: str | None = None,
+    encoder_dir: Path | None = None,
+    create: bool = False,
+) -> Classifier:
+    st = open_store(str(store), url=qdrant_url, api_key=qdrant_api_key, create=create)
+    return Classifier(st, collection, encoder_loader=_loader(encoder_dir))
+
+
+def emit_json(obj: Any) -> None:
+    click.echo(json.dumps(obj, indent=2, sort_keys=False, default=str))

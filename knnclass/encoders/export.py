@@ -1,0 +1,251 @@
+"""Export a sentence-transformers model to a self-contained ONNX encoder dir.
+
+Needs the `train` extra (torch, sentence-transformers, optimum); imported lazily so
+serving never pays for it. Every export passes a parity gate against the torch model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import DependencyError, ExportError, InputError
+from .onnx import METADATA_FILE, OnnxEncoder
+
+__all__ = ["ExportSettings", "export_encoder", "PARITY_SENTENCES", "source_fingerprint", "st_config"]
+
+# Fixed, real ticket-like sentences for the parity gate (varied length and topic).
+PARITY_SENTENCES = [
+    "I still have not received my new card, I ordered over a week ago.",
+    "My card was stolen yesterday, please block it immediately!",
+    "How do I change my PIN?",
+    "Why was I charged a fee for withdrawing cash from an ATM abroad?",
+    "The exchange rate applied to my payment looks wrong.",
+    "I can't log in to the app, it says my account is locked.",
+    "Someone made transactions on my account that I don't recognise.",
+    "Can I top up my account with a cheque?",
+    "My transfer to a friend has been pending for three days, when will it arrive?",
+    "Where can I find my account statement for last month?",
+    "The refund from the shop still isn't showing up in my balance.",
+    "What currencies can I hold in my account?",
+    "Please close my account, I no longer want to use your service.",
+    "I was charged twice for the same purchase at the supermarket.",
+    "How long does identity verification take?",
+    "My contactless payments stopped working this morning.",
+    "Is there a limit on how much money I can send abroad in one day?",
+    "Help",
+    "The ATM swallowed my card and didn't give me any cash but my balance went down.",
+    "Can I get a virtual card for online shopping?",
+    "Why did my top up by bank transfer fail?",
+    "I need to update my home address and phone number.",
+    "The app keeps crashing when I try to open the cards tab on my phone.",
+    "Do you support Apple Pay and Google Pay?",
+    "I think my card has been compromised, there are payments from another country.",
+    "What is the fee for receiving money from a US bank account?",
+    "How can I link my new card to the app? The code is not accepted.",
+    "Why is my salary not in my account yet? It was sent on Friday.",
+    "I want to dispute a direct debit that I never authorised.",
+    "Can my child under 18 open an account with you?",
+    "urgent!!! money disappeared from my account last night, nobody answers the phone",
+    "Ticket #4521: customer reports that the disposable virtual card was declined at checkout "
+    "even though the balance was sufficient and the merchant accepts Mastercard; "
+    "they tried three times over two days, cleared the browser cache, and re-entered the "
+    "CVV each time, and now they are worried the account has been frozen for fraud.",
+]
+
+
+@dataclass(frozen=True)
+class ExportSettings:
+    """How a model is exported. Part of the encoder's identity."""
+
+    quantize: str = "int8"  # int8 | none
+    optimize: str | None = None  # O1 | O2 | O3 | O4 | None
+    per_channel: bool = True
+    # MatMuls left in fp32: the FFN output projections see GELU outliers that int8 clips.
+    keep_fp32: str = "ffn_out"  # ffn_out | none
+    min_cosine: float = 0.98
+    mean_cosine: float = 0.995
+
+
+def _require_train() -> None:
+    try:
+        import optimum.onnxruntime  # noqa: F401
+        import sentence_transformers  # noqa: F401
+    except ImportError as e:
+        raise DependencyError(
+            f"exporting a model to ONNX needs the train extra ({e.name} is missing): "
+            "pip install 'knnclass[train]'"
+        ) from None
+
+
+def st_config(src: Path) -> dict[str, Any]:
+    """Pooling, normalisation and max length from a sentence-transformers dir."""
+    pooling, normalize, max_tokens = "mean", True, 512
+    modules_path = src / "modules.json"
+    if modules_path.exists():
+        modules = json.loads(modules_path.read_text())
+        normalize = any(m.get("type", "").endswith("Normalize") for m in modules)
+        for m in modules:
+            if m.get("type", "").endswith("Pooling"):
+                cfg = json.loads((src / m["path"] / "config.json").read_text())
+                if cfg.get("pooling_mode_cls_token"):
+                    pooling = "cls"
+                elif cfg.get("pooling_mode_mean_tokens"):
+                    pooling = "mean"
+                else:
+                    raise ExportError(f"{src}: unsupported pooling {cfg}; knnclass supports mean and cls")
+    sbert = src / "sentence_bert_config.json"
+    if sbert.exists():
+        max_tokens = int(json.loads(sbert.read_text()).get("max_seq_length", max_tokens))
+    return {"pooling": pooling, "normalize": normalize, "max_tokens": max_tokens}
+
+
+def source_fingerprint(src: Path) -> str:
+    """Content hash of a model dir, so a changed model never reuses a stale export."""
+    h = hashlib.sha256()
+    for p in sorted(src.rglob("*")):
+        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(src).parts):
+            h.update(str(p.relative_to(src)).encode())
+            with p.open("rb") as f:
+                for chunk in iter(lambda: f.read(1 << 20), b""):
+                    h.update(chunk)
+    return h.hexdigest()[:16]
+
+
+def _file_hash(*paths: Path, extra: str = "") -> str:
+    h = hashlib.sha256(extra.encode())
+    for p in paths:
+        with p.open("rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()[:16]
+
+
+def _export_onnx(src: Path, work: Path, settings: ExportSettings) -> Path:
+    from optimum.onnxruntime import ORTModelForFeatureExtraction
+
+    model = ORTModelForFeatureExtraction.from_pretrained(str(src), export=True)
+    fp32_dir = work / "fp32"
+    model.save_pretrained(str(fp32_dir))
+    onnx_path = fp32_dir / "model.onnx"
+    if settings.optimize:
+        from optimum.onnxruntime import ORTOptimizer
+        from optimum.onnxruntime.configuration import AutoOptimizationConfig
+
+        level = settings.optimize.upper()
+        if level not in ("O1", "O2", "O3", "O4"):
+            raise InputError(f"--optimize must be O1, O2, O3 or O4, not {settings.optimize!r}")
+        opt_dir = work / "opt"
+        cfg = getattr(AutoOptimizationConfig, level)()
+        ORTOptimizer.from_pretrained(model).optimize(save_dir=str(opt_dir), optimization_config=cfg)
+        onnx_path = opt_dir / "model_optimized.onnx"
+    if settings.quantize == "int8":
+        import onnx
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+
+        out = work / "model_int8.onnx"
+        exclude: list[str] = []
+        if settings.keep_fp32 == "ffn_out":
+            graph = onnx.load(str(onnx_path), load_external_data=False).graph
+            exclude = [
+                n.name for n in graph.node if n.op_type == "MatMul" and "/output/dense" in n.name and "attention" not in n.name
+            ]
+        elif settings.keep_fp32 != "none":
+            raise InputError(f"keep_fp32 must be ffn_out or none, not {settings.keep_fp32!r}")
+        quantize_dynamic(
+            str(onnx_path),
+            str(out),
+            weight_type=QuantType.QInt8,
+            per_channel=settings.per_channel,
+            op_types_to_quantize=["MatMul", "Gemm", "Attention"],
+            nodes_to_exclude=exclude,
+            extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
+        )
+        return out
+    if settings.quantize != "none":
+        raise InputError(f"--quantize must be int8 or none, not {settings.quantize!r}")
+    return onnx_path
+
+
+def export_encoder(
+    src: str | Path, out: str | Path, settings: ExportSettings | None = None, name: str | None = None
+) -> dict[str, Any]:
+    """Export `src` (a local sentence-transformers dir) to `out`; returns the metadata.
+
+    The dir appears atomically: it is built beside `out` and renamed into place only
+    after the parity gate passes.
+    """
+    settings = settings or ExportSettings()
+    src = Path(src).resolve()
+    out = Path(out)
+    if not (src / "config.json").exists():
+        raise InputError(f"{src}: not a sentence-transformers / Hugging Face model dir (no config.json)")
+    _require_train()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    t0 = time.perf_counter()
+    cfg = st_config(src)
+    name = name or src.name
+    out.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=".export-", dir=out.parent))
+    try:
+        from sentence_transformers import SentenceTransformer
+        from transformers import AutoTokenizer
+
+        model_file = _export_onnx(src, work / "build", settings)
+        final = work / "encoder"
+        final.mkdir()
+        shutil.copy2(model_file, final / "model.onnx")
+        tok = AutoTokenizer.from_pretrained(str(src))
+        tok.save_pretrained(str(final))
+        if not (final / "tokenizer.json").exists():
+            raise ExportError(f"{src}: the model has no fast tokenizer (tokenizer.json); knnclass needs one")
+        st = SentenceTransformer(str(src), device="cpu")
+        dim = int(st.get_sentence_embedding_dimension() or 0)
+        identity = _file_hash(
+            final / "model.onnx",
+            final / "tokenizer.json",
+            extra=json.dumps(cfg, sort_keys=True),
+        )
+        meta: dict[str, Any] = {
+            "format": 1,
+            "identity": f"{name}-{settings.quantize}-{identity}",
+            "source_model": name,
+            "source_fingerprint": source_fingerprint(src),
+            "model_file": "model.onnx",
+            "dim": dim,
+            "pad_id": int(tok.pad_token_id or 0),
+            "export": asdict(settings),
+            **cfg,
+        }
+        (final / METADATA_FILE).write_text(json.dumps(meta, indent=2))
+        reference = st.encode(PARITY_SENTENCES, normalize_embeddings=True, convert_to_numpy=True)
+        got = OnnxEncoder(final).embed(PARITY_SENTENCES)
+        cos = np.sum(reference * got, axis=1) / np.linalg.norm(reference, axis=1)
+        parity = {
+            "n_sentences": len(PARITY_SENTENCES),
+            "cosine_min": round(float(cos.min()), 5),
+            "cosine_mean": round(float(cos.mean()), 5),
+        }
+        meta["parity"] = parity
+        meta["export_seconds"] = round(time.perf_counter() - t0, 1)
+        if parity["cosine_min"] < settings.min_cosine or parity["cosine_mean"] < settings.mean_cosine:
+            raise ExportError(
+                f"export of {name} failed the parity gate: cosine min {parity['cosine_min']} "
+                f"(need >= {settings.min_cosine}), mean {parity['cosine_mean']} (need >= {settings.mean_cosine})"
+            )
+        (final / METADATA_FILE).write_text(json.dumps(meta, indent=2))
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(final, out)
+        return meta
+    finally:
+        shutil.rmtree(work, ignore_errors=True)

@@ -1,0 +1,148 @@
+"""Inference through onnxruntime + tokenizers only: no torch, no sentence-transformers."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import DependencyError, EncoderError, InputError
+
+__all__ = ["OnnxEncoder", "METADATA_FILE", "select_providers", "read_metadata"]
+
+METADATA_FILE = "knnclass-encoder.json"
+
+
+def read_metadata(model_dir: Path) -> dict[str, Any]:
+    """The export metadata of a knnclass encoder dir."""
+    path = model_dir / METADATA_FILE
+    try:
+        meta: dict[str, Any] = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise EncoderError(f"{model_dir}: not a knnclass encoder dir (no {METADATA_FILE})") from None
+    except (OSError, ValueError) as e:
+        raise EncoderError(f"{path}: unreadable encoder metadata: {e}") from None
+    for key in ("identity", "model_file", "dim", "max_tokens", "pooling"):
+        if key not in meta:
+            raise EncoderError(f"{path}: encoder metadata lacks {key!r}")
+    return meta
+
+
+def select_providers(device: str, available: Sequence[str]) -> list[str]:
+    """Execution providers for `device` ('cpu', 'cuda' or 'auto') given what ORT offers."""
+    if device == "cpu":
+        return ["CPUExecutionProvider"]
+    if device == "cuda":
+        if "CUDAExecutionProvider" not in available:
+            raise DependencyError(
+                "--device cuda needs onnxruntime-gpu with a CUDA device: "
+                "pip uninstall onnxruntime && pip install onnxruntime-gpu"
+            )
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    if device == "auto":
+        return select_providers("cuda" if "CUDAExecutionProvider" in available else "cpu", available)
+    raise InputError(f"device must be cpu, cuda or auto, not {device!r}")
+
+
+class OnnxEncoder:
+    """Sentence embeddings from an exported knnclass encoder dir."""
+
+    def __init__(
+        self,
+        model_dir: str | Path,
+        device: str = "cpu",
+        threads: int | None = None,
+        batch_size: int = 32,
+    ):
+        import onnxruntime as ort
+        from tokenizers import Tokenizer
+
+        self._dir = Path(model_dir).resolve()
+        self.meta = read_metadata(self._dir)
+        self._batch_size = batch_size
+        providers = select_providers(device, ort.get_available_providers())
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        opts.intra_op_num_threads = threads or int(os.environ.get("KNNCLASS_THREADS", "0")) or (os.cpu_count() or 1)
+        opts.inter_op_num_threads = 1
+        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        opts.log_severity_level = 3
+        model_file = self._dir / self.meta["model_file"]
+        if providers[0] == "CUDAExecutionProvider" and self.meta.get("cuda_model_file"):
+            model_file = self._dir / self.meta["cuda_model_file"]
+        try:
+            self._session = ort.InferenceSession(str(model_file), sess_options=opts, providers=providers)
+            tok = Tokenizer.from_file(str(self._dir / "tokenizer.json"))
+        except Exception as e:  # onnxruntime and tokenizers raise plain exceptions
+            raise EncoderError(f"{self._dir}: cannot load encoder: {e}") from None
+        tok.no_padding()
+        tok.no_truncation()
+        self._tok = tok
+        self._inputs = {i.name for i in self._session.get_inputs()}
+        self._output = self._session.get_outputs()[0].name
+        self._pad_id = int(self.meta.get("pad_id", 0))
+        self.providers = providers
+
+    @property
+    def identity(self) -> str:
+        return str(self.meta["identity"])
+
+    @property
+    def dim(self) -> int:
+        return int(self.meta["dim"])
+
+    @property
+    def max_tokens(self) -> int:
+        return int(self.meta["max_tokens"])
+
+    @property
+    def source(self) -> str:
+        return str(self._dir)
+
+    def count_tokens(self, texts: Sequence[str]) -> list[int]:
+        return [len(e.ids) for e in self._tok.encode_batch(list(texts))]
+
+    def _run(self, ids: list[list[int]]) -> np.ndarray:
+        width = max(len(x) for x in ids)
+        input_ids = np.full((len(ids), width), self._pad_id, dtype=np.int64)
+        mask = np.zeros((len(ids), width), dtype=np.int64)
+        for i, x in enumerate(ids):
+            input_ids[i, : len(x)] = x
+            mask[i, : len(x)] = 1
+        feed = {"input_ids": input_ids, "attention_mask": mask}
+        if "token_type_ids" in self._inputs:
+            feed["token_type_ids"] = np.zeros_like(input_ids)
+        hidden = self._session.run([self._output], feed)[0]
+        if hidden.ndim == 2:  # graph already pools
+            pooled = hidden.astype(np.float32)
+        elif self.meta["pooling"] == "cls":
+            pooled = hidden[:, 0, :].astype(np.float32)
+        else:
+            m = mask[:, :, None].astype(np.float32)
+            pooled = (hidden * m).sum(axis=1) / np.clip(m.sum(axis=1), 1e-9, None)
+        norms = np.linalg.norm(pooled, axis=1, keepdims=True)
+        return (pooled / np.clip(norms, 1e-12, None)).astype(np.float32)
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        if len(texts) == 0:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        limit = self.max_tokens
+        encs = self._tok.encode_batch(list(texts))
+        ids = []
+        for e in encs:
+            x = e.ids
+            if len(x) > limit:  # keep the final [SEP]-like token, as HF truncation does
+                x = x[: limit - 1] + x[-1:]
+            ids.append(x)
+        # Length-bucketed batches: sort by length so each batch pads little.
+        order = np.argsort([len(x) for x in ids], kind="stable")
+        out = np.empty((len(texts), self.dim), dtype=np.float32)
+        bs = self._batch_size
+        for start in range(0, len(order), bs):
+            idx = order[start : start + bs]
+            out[idx] = self._run([ids[i] for i in idx])
+        return out

@@ -1,0 +1,18 @@
+"""Vector stores behind one interface: embedded Qdrant Edge and a Qdrant server."""
+
+from __future__ import annotations
+
+from .base import CollectionMeta, Hit, Ref, Store
+
+__all__ = ["Store", "CollectionMeta", "Hit", "Ref", "open_store"]
+
+
+def open_store(path: str | None = None, url: str | None = None, api_key: str | None = None, create: bool = True) -> Store:
+    """The server backend when `url` is given, else the embedded store at `path`."""
+    if url:
+        from .server import ServerStore
+
+        return ServerStore(url, api_key=api_key)
+    from .edge import EdgeStore
+
+    return EdgeStore(path or "knnclass-data", create=create)

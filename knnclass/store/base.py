@@ -1,0 +1,166 @@
+"""The Store interface: versioned collections of labelled vectors, backend-neutral."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+import numpy as np
+
+from ..data import Example
+from ..errors import CollectionNotFoundError, InputError
+
+__all__ = ["Store", "CollectionMeta", "Ref", "Hit", "validate_name"]
+
+
+def validate_name(name: str) -> str:
+    """Collection names: letters, digits, '-', '_' and '.', 1-64 chars."""
+    import re
+
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", name or ""):
+        raise InputError(f"invalid collection name {name!r}: use letters, digits, '-', '_', '.' (max 64)")
+    return name
+
+
+@dataclass(frozen=True)
+class Ref:
+    """One version of a collection, pinned: every operation of a request uses one Ref."""
+
+    name: str
+    version: str
+
+
+@dataclass(frozen=True)
+class CollectionMeta:
+    """What a collection version carries: the encoder stamp and the tuned rule."""
+
+    encoder: str
+    encoder_source: str
+    dim: int
+    rule: dict[str, Any] | None = None
+    tuning: dict[str, Any] | None = None
+    head: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> CollectionMeta:
+        return cls(**{k: d[k] for k in ("encoder", "encoder_source", "dim") if k in d}, **{
+            k: d[k] for k in ("rule", "tuning", "head", "extra") if k in d
+        })
+
+    def with_(self, **changes: Any) -> CollectionMeta:
+        return replace(self, **changes)
+
+
+@dataclass(frozen=True)
+class Hit:
+    """A search result: the example's own id, its label, cosine similarity, maybe text."""
+
+    id: str
+    label: str
+    score: float
+    text: str | None = None
+
+
+class Store(ABC):
+    """Versioned collections: `name` points at one version; promote builds the next."""
+
+    backend: str = "abstract"
+
+    # --- collections and versions -------------------------------------------------
+    @abstractmethod
+    def list_collections(self) -> list[str]: ...
+
+    @abstractmethod
+    def versions(self, name: str) -> list[str]: ...
+
+    @abstractmethod
+    def current_version(self, name: str) -> str | None: ...
+
+    @abstractmethod
+    def create_version(self, name: str, meta: CollectionMeta) -> Ref:
+        """A new empty version (v1, v2, ...); it becomes current only on `switch`."""
+
+    @abstractmethod
+    def switch(self, name: str, version: str) -> None:
+        """Atomically make `version` the one `name` resolves to."""
+
+    @abstractmethod
+    def drop_version(self, ref: Ref) -> None: ...
+
+    @abstractmethod
+    def get_meta(self, ref: Ref) -> CollectionMeta: ...
+
+    @abstractmethod
+    def set_meta(self, ref: Ref, meta: CollectionMeta) -> None: ...
+
+    # --- data ------------------------------------------------------------------------
+    @abstractmethod
+    def upsert(self, ref: Ref, examples: Sequence[Example], vectors: np.ndarray) -> None:
+        """Durable when it returns."""
+
+    @abstractmethod
+    def delete(self, ref: Ref, ids: Sequence[str]) -> None: ...
+
+    @abstractmethod
+    def retrieve(self, ref: Ref, ids: Sequence[str], with_vectors: bool = False) -> list[tuple[Example, np.ndarray | None]]:
+        """Stored examples for the ids that exist, in the order asked."""
+
+    @abstractmethod
+    def search(
+        self, ref: Ref, vectors: np.ndarray, limit: int, with_text: bool = False, exact: bool = False
+    ) -> list[list[Hit]]:
+        """Nearest stored examples for each query vector, best first."""
+
+    @abstractmethod
+    def scroll(
+        self, ref: Ref, batch_size: int = 1024, with_vectors: bool = False
+    ) -> Iterator[tuple[list[Example], np.ndarray | None]]: ...
+
+    @abstractmethod
+    def count(self, ref: Ref) -> int: ...
+
+    @abstractmethod
+    def optimize(self, ref: Ref) -> None:
+        """Build the vector index (HNSW) now rather than on the next query."""
+
+    @abstractmethod
+    def close(self) -> None: ...
+
+    # --- derived ---------------------------------------------------------------------
+    def create(self, name: str, meta: CollectionMeta) -> Ref:
+        """A new collection with its first version, made current."""
+        validate_name(name)
+        ref = self.create_version(name, meta)
+        self.switch(name, ref.version)
+        return ref
+
+    def ref(self, name: str, version: str | None = None) -> Ref:
+        """Pin `name` to its current version (or to `version`)."""
+        validate_name(name)
+        if version is None:
+            version = self.current_version(name)
+            if version is None:
+                have = ", ".join(self.list_collections()) or "none"
+                raise CollectionNotFoundError(f"no collection {name!r} in this store (collections: {have})")
+        elif version not in self.versions(name):
+            raise CollectionNotFoundError(f"collection {name!r} has no version {version!r}")
+        return Ref(name, version)
+
+    def label_counts(self, ref: Ref) -> dict[str, int]:
+        c: Counter[str] = Counter()
+        for examples, _ in self.scroll(ref, 4096):
+            c.update(e.label for e in examples)
+        return dict(sorted(c.items()))
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

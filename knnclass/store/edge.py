@@ -1,0 +1,284 @@
+"""Embedded store: Qdrant Edge shards on local disk, one per collection version.
+
+Layout: ROOT/knnclass-store.json (marker), ROOT/.lock (holder pid),
+ROOT/collections/NAME/CURRENT (atomically replaced), ROOT/collections/NAME/vN/{meta.json,shard/}.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import threading
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..data import Example, point_uuid
+from ..errors import (
+    CollectionNotFoundError,
+    InputError,
+    StoreCorruptError,
+    StoreError,
+    StoreLockedError,
+)
+from ._files import ProcessLock, atomic_write_text, read_json
+from .base import CollectionMeta, Hit, Ref, Store, validate_name
+
+__all__ = ["EdgeStore", "EdgeTuning"]
+
+MARKER = "knnclass-store.json"
+VECTOR = "text"
+_PAYLOAD = ["label", "ext_id"]
+
+
+class EdgeTuning:
+    """HNSW and search settings for Edge shards."""
+
+    def __init__(self, m: int = 16, ef_construct: int = 128, hnsw_ef: int = 128, quantize: bool = False):
+        self.m, self.ef_construct, self.hnsw_ef, self.quantize = m, ef_construct, hnsw_ef, quantize
+
+
+class EdgeStore(Store):
+    """Qdrant Edge, in-process. One process per store directory (enforced by a lock)."""
+
+    backend = "edge"
+
+    def __init__(self, root: str | Path, create: bool = True, tuning: EdgeTuning | None = None):
+        self.root = Path(root).expanduser().resolve()
+        self._tuning = tuning or EdgeTuning()
+        marker = self.root / MARKER
+        if self.root.exists() and not self.root.is_dir():
+            raise StoreCorruptError(f"{self.root}: exists and is not a directory")
+        if self.root.is_dir() and not marker.exists():
+            if any(self.root.iterdir()):
+                raise StoreCorruptError(
+                    f"{self.root}: not a knnclass store (no {MARKER}) but not empty; refusing to touch it"
+                )
+        if not marker.exists():
+            if not create:
+                raise CollectionNotFoundError(f"no knnclass store at {self.root} (run `knnclass index` first)")
+            try:
+                self.root.mkdir(parents=True, exist_ok=True)
+                (self.root / "collections").mkdir(exist_ok=True)
+                atomic_write_text(marker, json.dumps({"format": 1, "backend": "edge"}))
+            except OSError as e:
+                raise StoreError(f"{self.root}: cannot create store: {e.strerror}") from None
+        info = read_json(marker)
+        if not isinstance(info, dict) or info.get("backend") != "edge" or info.get("format") != 1:
+            raise StoreCorruptError(f"{marker}: not a knnclass embedded-store marker")
+        try:
+            self._lock = ProcessLock(self.root / ".lock", f"store {self.root}")
+        except OSError as e:
+            raise StoreError(f"{self.root}: cannot lock store: {e.strerror}") from None
+        self._shards: dict[Ref, Any] = {}
+        self._mu = threading.RLock()
+
+    # --- paths -----------------------------------------------------------------------
+    def _cdir(self, name: str) -> Path:
+        return self.root / "collections" / validate_name(name)
+
+    def _vdir(self, ref: Ref) -> Path:
+        return self._cdir(ref.name) / ref.version
+
+    # --- collections and versions -----------------------------------------------------
+    def list_collections(self) -> list[str]:
+        base = self.root / "collections"
+        return sorted(p.name for p in base.iterdir() if (p / "CURRENT").exists()) if base.exists() else []
+
+    def versions(self, name: str) -> list[str]:
+        cdir = self._cdir(name)
+        if not cdir.exists():
+            return []
+        found = [p.name for p in cdir.iterdir() if p.is_dir() and p.name[1:].isdigit() and (p / "meta.json").exists()]
+        return sorted(found, key=lambda v: int(v[1:]))
+
+    def current_version(self, name: str) -> str | None:
+        try:
+            v = (self._cdir(name) / "CURRENT").read_text().strip()
+        except FileNotFoundError:
+            return None
+        if not (self._cdir(name) / v / "meta.json").exists():
+            raise StoreCorruptError(f"collection {name!r} points at missing version {v!r}")
+        return v
+
+    def create_version(self, name: str, meta: CollectionMeta) -> Ref:
+        from qdrant_edge import (
+            Distance,
+            EdgeConfig,
+            EdgeShard,
+            EdgeVectorParams,
+            HnswIndexConfig,
+            ScalarQuantizationConfig,
+            ScalarType,
+        )
+
+        with self._mu:
+            cdir = self._cdir(name)
+            cdir.mkdir(parents=True, exist_ok=True)
+            existing = [int(p.name[1:]) for p in cdir.iterdir() if p.is_dir() and p.name[1:].isdigit()]
+            ref = Ref(name, f"v{max(existing, default=0) + 1}")
+            vdir = self._vdir(ref)
+            vdir.mkdir()
+            t = self._tuning
+            quant = ScalarQuantizationConfig(type=ScalarType.Int8, quantile=0.99) if t.quantize else None
+            config = EdgeConfig(
+                vectors={VECTOR: EdgeVectorParams(size=meta.dim, distance=Distance.Cosine)},
+                hnsw_config=HnswIndexConfig(m=t.m, ef_construct=t.ef_construct, full_scan_threshold=10000),
+                quantization_config=quant,
+            )
+            try:
+                shard = EdgeShard.create(str(vdir / "shard"), config)
+            except Exception as e:
+                raise StoreError(f"cannot create shard for {name} {ref.version}: {e}") from None
+            self._shards[ref] = shard
+            # meta.json last: a version without it is an unfinished one and is ignored.
+            atomic_write_text(vdir / "meta.json", json.dumps(meta.to_dict(), indent=2))
+            return ref
+
+    def switch(self, name: str, version: str) -> None:
+        if version not in self.versions(name):
+            raise CollectionNotFoundError(f"collection {name!r} has no version {version!r}")
+        atomic_write_text(self._cdir(name) / "CURRENT", version)
+
+    def drop_version(self, ref: Ref) -> None:
+        if self.current_version(ref.name) == ref.version:
+            raise InputError(f"{ref.name} {ref.version} is the current version; switch away first")
+        with self._mu:
+            shard = self._shards.pop(ref, None)
+            if shard is not None:
+                shard.close()
+            shutil.rmtree(self._vdir(ref), ignore_errors=True)
+
+    def get_meta(self, ref: Ref) -> CollectionMeta:
+        try:
+            return CollectionMeta.from_dict(read_json(self._vdir(ref) / "meta.json"))
+        except FileNotFoundError:
+            raise CollectionNotFoundError(f"collection {ref.name!r} has no version {ref.version!r}") from None
+        except TypeError as e:
+            raise StoreCorruptError(f"{self._vdir(ref) / 'meta.json'}: malformed ({e})") from None
+
+    def set_meta(self, ref: Ref, meta: CollectionMeta) -> None:
+        atomic_write_text(self._vdir(ref) / "meta.json", json.dumps(meta.to_dict(), indent=2))
+
+    # --- shards ---------------------------------------------------------------------------
+    def _shard(self, ref: Ref) -> Any:
+        with self._mu:
+            shard = self._shards.get(ref)
+            if shard is not None:
+                return shard
+            from qdrant_edge import EdgeShard
+
+            path = self._vdir(ref) / "shard"
+            if not (path / "edge_config.json").exists():
+                raise StoreCorruptError(f"{path}: shard files are missing; the store is damaged")
+            try:
+                shard = EdgeShard.load(str(path))
+            except Exception as e:
+                msg = str(e)
+                if "WAL" in msg and "WouldBlock" in msg:
+                    raise StoreLockedError(f"{path}: the shard is open in another process") from None
+                raise StoreCorruptError(f"{path}: cannot open shard ({msg}); the store is damaged") from None
+            self._shards[ref] = shard
+            return shard
+
+    # --- data -----------------------------------------------------------------------------
+    def upsert(self, ref: Ref, examples: Sequence[Example], vectors: np.ndarray) -> None:
+        from qdrant_edge import Point, UpdateOperation
+
+        if len(examples) != len(vectors):
+            raise InputError("examples and vectors differ in length")
+        if not examples:
+            return
+        points = [
+            Point(
+                id=point_uuid(e.id),
+                vector={VECTOR: v.tolist()},
+                payload={"label": e.label, "text": e.text, "ext_id": e.id},
+            )
+            for e, v in zip(examples, vectors, strict=True)
+        ]
+        try:
+            self._shard(ref).update(UpdateOperation.upsert_points(points))
+        except StoreError:
+            raise
+        except Exception as e:
+            raise StoreError(f"upsert into {ref.name} {ref.version} failed: {e}") from None
+
+    def delete(self, ref: Ref, ids: Sequence[str]) -> None:
+        from qdrant_edge import UpdateOperation
+
+        if ids:
+            self._shard(ref).update(UpdateOperation.delete_points([point_uuid(i) for i in ids]))
+
+    def retrieve(self, ref: Ref, ids: Sequence[str], with_vectors: bool = False) -> list[tuple[Example, np.ndarray | None]]:
+        if not ids:
+            return []
+        recs = self._shard(ref).retrieve([point_uuid(i) for i in ids], with_payload=True, with_vector=with_vectors)
+        by_id = {r.payload["ext_id"]: r for r in recs}
+        out = []
+        for i in ids:
+            r = by_id.get(i)
+            if r is not None:
+                vec = np.asarray(r.vector[VECTOR], dtype=np.float32) if with_vectors else None
+                out.append((Example(i, r.payload["text"], r.payload["label"]), vec))
+        return out
+
+    def search(
+        self, ref: Ref, vectors: np.ndarray, limit: int, with_text: bool = False, exact: bool = False
+    ) -> list[list[Hit]]:
+        from qdrant_edge import Query, QueryBatchRequest, QueryRequest, SearchParams
+
+        if len(vectors) == 0:
+            return []
+        payload = [*_PAYLOAD, "text"] if with_text else _PAYLOAD
+        params = SearchParams(hnsw_ef=max(self._tuning.hnsw_ef, limit), exact=exact)
+        reqs = [
+            QueryRequest(limit=limit, query=Query.Nearest(v.tolist(), using=VECTOR), with_payload=payload, params=params)
+            for v in vectors
+        ]
+        shard = self._shard(ref)
+        results = shard.query_batch(QueryBatchRequest(reqs)) if len(reqs) > 1 else [shard.query(reqs[0])]
+        return [
+            [Hit(p.payload["ext_id"], p.payload["label"], float(p.score), p.payload.get("text")) for p in res]
+            for res in results
+        ]
+
+    def scroll(
+        self, ref: Ref, batch_size: int = 1024, with_vectors: bool = False
+    ) -> Iterator[tuple[list[Example], np.ndarray | None]]:
+        from qdrant_edge import ScrollRequest
+
+        shard = self._shard(ref)
+        offset = None
+        while True:
+            recs, offset = shard.scroll(
+                ScrollRequest(offset=offset, limit=batch_size, with_payload=True, with_vector=with_vectors)
+            )
+            if recs:
+                examples = [Example(r.payload["ext_id"], r.payload["text"], r.payload["label"]) for r in recs]
+                vecs = np.asarray([r.vector[VECTOR] for r in recs], dtype=np.float32) if with_vectors else None
+                yield examples, vecs
+            if offset is None:
+                return
+
+    def count(self, ref: Ref) -> int:
+        from qdrant_edge import CountRequest
+
+        return int(self._shard(ref).count(CountRequest(exact=True)))
+
+    def optimize(self, ref: Ref) -> None:
+        shard = self._shard(ref)
+        shard.optimize()
+        shard.flush()
+
+    def close(self) -> None:
+        with self._mu:
+            for shard in self._shards.values():
+                try:
+                    shard.flush()
+                finally:
+                    shard.close()
+            self._shards.clear()
+            self._lock.release()

@@ -17,7 +17,7 @@ from .store.base import CollectionMeta, Hit, Ref, Store
 from .tuning import K_MAX, TuningResult, tune_rule
 from .voting import Decision, Neighbour, Rule, decide
 
-__all__ = ["Classifier", "Prediction", "EncoderLoader"]
+__all__ = ["Classifier", "EncoderLoader", "Prediction"]
 
 EncoderLoader = Callable[[str], Encoder]
 Progress = Callable[[int], None]
@@ -93,7 +93,11 @@ class Classifier:
 
     # --- indexing ----------------------------------------------------------------------
     def index(
-        self, examples: Sequence[Example], batch_size: int = 256, progress: Progress | None = None, optimize: bool = True
+        self,
+        examples: Sequence[Example],
+        batch_size: int = 256,
+        progress: Progress | None = None,
+        optimize: bool = True,
     ) -> Ref:
         """Embed and upsert; creates the collection (stamped with the encoder) if needed."""
         if self.exists():
@@ -191,9 +195,7 @@ class Classifier:
                 hits.append([h for h in row if h.id != e.id][: limit - 1])
         return truth, hits
 
-    def tune(
-        self, validation: Sequence[Example] | None = None, unknown_label: str | None = None
-    ) -> TuningResult:
+    def tune(self, validation: Sequence[Example] | None = None, unknown_label: str | None = None) -> TuningResult:
         """Pick the rule (leave-one-out without `validation`) and stamp it on the collection."""
         ref = self.ref()
         meta = self.meta(ref)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from .errors import InputError
 
-__all__ = ["Example", "read_examples", "read_texts", "read_label_map", "example_id", "point_uuid"]
+__all__ = ["Example", "example_id", "point_uuid", "read_examples", "read_label_map", "read_texts"]
 
 # A single CSV field may be large (long ticket bodies); the stdlib default is 128 KiB.
 csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
@@ -53,8 +53,8 @@ def _rows(path: Path) -> tuple[list[str], Iterable[dict[str, str]]]:
     try:
         content = raw.decode("utf-8-sig")
     except UnicodeDecodeError as e:
-        line = raw[: e.start].count(b"\n") + 1
-        raise InputError(f"{path}: not valid UTF-8 (line {line}, byte {e.start}); re-save it as UTF-8") from None
+        lineno = raw[: e.start].count(b"\n") + 1
+        raise InputError(f"{path}: not valid UTF-8 (line {lineno}, byte {e.start}); re-save it as UTF-8") from None
     if "\x00" in content:
         raise InputError(f"{path}: contains NUL bytes; is it a binary file?")
     if path.suffix.lower() in (".jsonl", ".ndjson"):
@@ -69,9 +69,9 @@ def _rows(path: Path) -> tuple[list[str], Iterable[dict[str, str]]]:
                 raise InputError(f"{path}:{n}: invalid JSON: {e.msg}") from None
             if not isinstance(obj, dict):
                 raise InputError(f"{path}:{n}: each line must be a JSON object")
-            for k in obj:
-                if k not in keys:
-                    keys.append(k)
+            for key in obj:
+                if key not in keys:
+                    keys.append(key)
             records.append({k: "" if v is None else str(v) for k, v in obj.items()})
         return keys, records
     reader = csv.reader(io.StringIO(content, newline=""))

@@ -3,20 +3,20 @@
 from __future__ import annotations
 
 __all__ = [
-    "KnnclassError",
-    "InputError",
+    "CollectionExistsError",
+    "CollectionNotFoundError",
     "DependencyError",
     "EncoderError",
-    "ExportError",
     "EncoderMismatchError",
-    "StoreError",
-    "StoreLockedError",
-    "StoreCorruptError",
-    "CollectionNotFoundError",
-    "CollectionExistsError",
     "ExampleNotFoundError",
+    "ExportError",
+    "InputError",
+    "KnnclassError",
     "NotTunedError",
     "OverloadedError",
+    "StoreCorruptError",
+    "StoreError",
+    "StoreLockedError",
 ]
 
 

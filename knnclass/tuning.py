@@ -12,7 +12,7 @@ from .metrics import score_predictions
 from .store.base import Hit
 from .voting import Rule, k_for_percent, vote_batch
 
-__all__ = ["Candidate", "TuningResult", "tune_rule", "hits_to_arrays", "K_GRID", "PCT_GRID", "K_MAX"]
+__all__ = ["K_GRID", "K_MAX", "PCT_GRID", "Candidate", "TuningResult", "hits_to_arrays", "tune_rule"]
 
 K_GRID = (1, 2, 3, 4, 5, 7, 10, 15, 20, 30, 50)
 PCT_GRID = (0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
@@ -88,7 +88,7 @@ def tune_rule(
     candidates: list[Candidate] = []
     for size, value, k in _size_grid(n_indexed):
         for vote in ("majority", "weighted"):
-            winner, conf, _tie, _ = vote_batch(codes, scores, k, vote, max(1, len(labels)))  # type: ignore[arg-type]
+            winner, conf, _tie, _ = vote_batch(codes, scores, k, vote, max(1, len(labels)))
             base = [labels[w] if w >= 0 else None for w in winner]
             thresholds = [0.0]
             if unknown_label is not None:

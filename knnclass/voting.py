@@ -16,14 +16,14 @@ import numpy as np
 from .errors import InputError
 
 __all__ = [
-    "Rule",
-    "Neighbour",
     "Decision",
-    "VoteMode",
+    "Neighbour",
+    "Rule",
     "SizeMode",
+    "VoteMode",
+    "decide",
     "k_for_percent",
     "vote_batch",
-    "decide",
 ]
 
 VoteMode = Literal["majority", "weighted"]

@@ -9,7 +9,7 @@ import click
 
 from ..errors import KnnclassError
 
-__all__ = ["main", "cli"]
+__all__ = ["cli", "main"]
 
 
 class _Group(click.Group):
@@ -35,9 +35,9 @@ def cli() -> None:
 
 
 def _register() -> None:
-    from . import core, encoder, serve
+    from . import core, encoder, jobs, reports, serve
 
-    for mod in (core, encoder, serve):
+    for mod in (core, encoder, serve, jobs, reports):
         for cmd in mod.COMMANDS:
             cli.add_command(cmd)
 

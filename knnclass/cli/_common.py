@@ -17,7 +17,7 @@ from ..store import open_store
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-__all__ = ["store_options", "encoder_option", "open_classifier", "emit_json", "label_map_option", "load_label_map"]
+__all__ = ["emit_json", "encoder_option", "label_map_option", "load_label_map", "open_classifier", "store_options"]
 
 
 def store_options(f: F) -> F:

@@ -124,7 +124,9 @@ def evaluate(
     if as_json:
         emit_json(m)
         return
-    click.echo(f"n={m['n']} accuracy={m['accuracy']:.4f} macro_f1={m['macro_f1']:.4f} abstain_rate={m['abstain_rate']:.4f}")
+    click.echo(
+        f"n={m['n']} accuracy={m['accuracy']:.4f} macro_f1={m['macro_f1']:.4f} abstain_rate={m['abstain_rate']:.4f}"
+    )
     click.echo(f"rule: {m['vote']} k={m['k']} threshold={m['threshold']:g}")
     if unknown_label:
         click.echo(f"in_scope_accuracy={m['in_scope_accuracy']:.4f} unknown_recall={m['unknown_recall']:.4f}")

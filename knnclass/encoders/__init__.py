@@ -10,7 +10,7 @@ from .base import Encoder
 from .fake import FakeEncoder
 from .onnx import METADATA_FILE, OnnxEncoder
 
-__all__ = ["Encoder", "FakeEncoder", "OnnxEncoder", "load_encoder", "default_model_dir", "cache_dir"]
+__all__ = ["Encoder", "FakeEncoder", "OnnxEncoder", "cache_dir", "default_model_dir", "load_encoder"]
 
 
 def cache_dir() -> Path:

@@ -21,7 +21,7 @@ import numpy as np
 from ..errors import DependencyError, ExportError, InputError
 from .onnx import METADATA_FILE, OnnxEncoder
 
-__all__ = ["ExportSettings", "export_encoder", "PARITY_SENTENCES", "source_fingerprint", "st_config"]
+__all__ = ["PARITY_SENTENCES", "ExportSettings", "export_encoder", "source_fingerprint", "st_config"]
 
 # Fixed, real ticket-like sentences for the parity gate (varied length and topic).
 PARITY_SENTENCES = [
@@ -82,8 +82,7 @@ def _require_train() -> None:
         import sentence_transformers  # noqa: F401
     except ImportError as e:
         raise DependencyError(
-            f"exporting a model to ONNX needs the train extra ({e.name} is missing): "
-            "pip install 'knnclass[train]'"
+            f"exporting a model to ONNX needs the train extra ({e.name} is missing): pip install 'knnclass[train]'"
         ) from None
 
 
@@ -157,7 +156,9 @@ def _export_onnx(src: Path, work: Path, settings: ExportSettings) -> Path:
         if settings.keep_fp32 == "ffn_out":
             graph = onnx.load(str(onnx_path), load_external_data=False).graph
             exclude = [
-                n.name for n in graph.node if n.op_type == "MatMul" and "/output/dense" in n.name and "attention" not in n.name
+                n.name
+                for n in graph.node
+                if n.op_type == "MatMul" and "/output/dense" in n.name and "attention" not in n.name
             ]
         elif settings.keep_fp32 != "none":
             raise InputError(f"keep_fp32 must be ffn_out or none, not {settings.keep_fp32!r}")

@@ -12,7 +12,7 @@ import numpy as np
 
 from ..errors import DependencyError, EncoderError, InputError
 
-__all__ = ["OnnxEncoder", "METADATA_FILE", "select_providers", "read_metadata"]
+__all__ = ["METADATA_FILE", "OnnxEncoder", "read_metadata", "select_providers"]
 
 METADATA_FILE = "knnclass-encoder.json"
 

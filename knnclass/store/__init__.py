@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from .base import CollectionMeta, Hit, Ref, Store
 
-__all__ = ["Store", "CollectionMeta", "Hit", "Ref", "open_store"]
+__all__ = ["CollectionMeta", "Hit", "Ref", "Store", "open_store"]
 
 
-def open_store(path: str | None = None, url: str | None = None, api_key: str | None = None, create: bool = True) -> Store:
+def open_store(
+    path: str | None = None, url: str | None = None, api_key: str | None = None, create: bool = True
+) -> Store:
     """The server backend when `url` is given, else the embedded store at `path`."""
     if url:
         from .server import ServerStore

@@ -12,7 +12,7 @@ from typing import Any
 
 from ..errors import StoreCorruptError, StoreLockedError
 
-__all__ = ["atomic_write_text", "read_json", "ProcessLock"]
+__all__ = ["ProcessLock", "atomic_write_text", "read_json"]
 
 
 def atomic_write_text(path: Path, text: str) -> None:

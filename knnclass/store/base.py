@@ -13,7 +13,7 @@ import numpy as np
 from ..data import Example
 from ..errors import CollectionNotFoundError, InputError
 
-__all__ = ["Store", "CollectionMeta", "Ref", "Hit", "validate_name"]
+__all__ = ["CollectionMeta", "Hit", "Ref", "Store", "validate_name"]
 
 
 def validate_name(name: str) -> str:
@@ -50,9 +50,10 @@ class CollectionMeta:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> CollectionMeta:
-        return cls(**{k: d[k] for k in ("encoder", "encoder_source", "dim") if k in d}, **{
-            k: d[k] for k in ("rule", "tuning", "head", "extra") if k in d
-        })
+        return cls(
+            **{k: d[k] for k in ("encoder", "encoder_source", "dim") if k in d},
+            **{k: d[k] for k in ("rule", "tuning", "head", "extra") if k in d},
+        )
 
     def with_(self, **changes: Any) -> CollectionMeta:
         return replace(self, **changes)
@@ -109,7 +110,9 @@ class Store(ABC):
     def delete(self, ref: Ref, ids: Sequence[str]) -> None: ...
 
     @abstractmethod
-    def retrieve(self, ref: Ref, ids: Sequence[str], with_vectors: bool = False) -> list[tuple[Example, np.ndarray | None]]:
+    def retrieve(
+        self, ref: Ref, ids: Sequence[str], with_vectors: bool = False
+    ) -> list[tuple[Example, np.ndarray | None]]:
         """Stored examples for the ids that exist, in the order asked."""
 
     @abstractmethod

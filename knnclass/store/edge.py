@@ -51,11 +51,10 @@ class EdgeStore(Store):
         marker = self.root / MARKER
         if self.root.exists() and not self.root.is_dir():
             raise StoreCorruptError(f"{self.root}: exists and is not a directory")
-        if self.root.is_dir() and not marker.exists():
-            if any(self.root.iterdir()):
-                raise StoreCorruptError(
-                    f"{self.root}: not a knnclass store (no {MARKER}) but not empty; refusing to touch it"
-                )
+        if self.root.is_dir() and not marker.exists() and any(self.root.iterdir()):
+            raise StoreCorruptError(
+                f"{self.root}: not a knnclass store (no {MARKER}) but not empty; refusing to touch it"
+            )
         if not marker.exists():
             if not create:
                 raise CollectionNotFoundError(f"no knnclass store at {self.root} (run `knnclass index` first)")
@@ -212,7 +211,9 @@ class EdgeStore(Store):
         if ids:
             self._shard(ref).update(UpdateOperation.delete_points([point_uuid(i) for i in ids]))
 
-    def retrieve(self, ref: Ref, ids: Sequence[str], with_vectors: bool = False) -> list[tuple[Example, np.ndarray | None]]:
+    def retrieve(
+        self, ref: Ref, ids: Sequence[str], with_vectors: bool = False
+    ) -> list[tuple[Example, np.ndarray | None]]:
         if not ids:
             return []
         recs = self._shard(ref).retrieve([point_uuid(i) for i in ids], with_payload=True, with_vector=with_vectors)
@@ -235,7 +236,9 @@ class EdgeStore(Store):
         payload = [*_PAYLOAD, "text"] if with_text else _PAYLOAD
         params = SearchParams(hnsw_ef=max(self._tuning.hnsw_ef, limit), exact=exact)
         reqs = [
-            QueryRequest(limit=limit, query=Query.Nearest(v.tolist(), using=VECTOR), with_payload=payload, params=params)
+            QueryRequest(
+                limit=limit, query=Query.Nearest(v.tolist(), using=VECTOR), with_payload=payload, params=params
+            )
             for v in vectors
         ]
         shard = self._shard(ref)

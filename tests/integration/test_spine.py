@@ -1,0 +1,140 @@
+"""End to end with the real encoder (int8 ONNX MiniLM) and real Qdrant Edge, on a slice."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from knnclass.cli import cli
+
+CLASSES = 12
+
+
+def _slice(src: Path, dst: Path, per_class: int) -> Path:
+    rows = list(csv.DictReader(src.open()))
+    keep = sorted({r["category"] for r in rows})[:CLASSES]
+    out, seen = [], dict.fromkeys(keep, 0)
+    for r in rows:
+        c = r["category"]
+        if c in seen and seen[c] < per_class:
+            out.append(r)
+            seen[c] += 1
+    with dst.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["text", "category"])
+        w.writeheader()
+        w.writerows(out)
+    return dst
+
+
+@pytest.fixture(scope="module")
+def slices(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> tuple[Path, Path]:
+    d = tmp_path_factory.mktemp("slice")
+    return _slice(data_dir / "train.csv", d / "train.csv", 40), _slice(data_dir / "test.csv", d / "test.csv", 10)
+
+
+def run(*args: str) -> tuple[int, str, str]:
+    r = CliRunner().invoke(cli, list(args))
+    return r.exit_code, r.stdout, r.stderr
+
+
+def test_index_tune_evaluate_classify_info(real_encoder, slices, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    train, test = slices
+    store = str(tmp_path / "store")
+    code, out, err = run("index", str(train), "--store", store)
+    assert code == 0, err
+    n = CLASSES * 40
+    assert f"collection holds {n}" in out
+    code, out, _ = run("index", str(train), "--store", store)  # idempotent
+    assert f"collection holds {n}" in out
+
+    code, out, err = run("tune", "--store", store, "--json")
+    assert code == 0, err
+    tuned = json.loads(out)
+    assert tuned["mode"] == "leave-one-out" and tuned["n"] == n
+    assert len(tuned["candidates"]) > 20
+    assert tuned["best"]["score"] == max(c["score"] for c in tuned["candidates"])
+    assert {c["vote"] for c in tuned["candidates"]} == {"majority", "weighted"}
+    assert {c["size"] for c in tuned["candidates"]} == {"k", "pct"}
+
+    code, out, err = run("evaluate", str(test), "--store", store, "--json")
+    assert code == 0, err
+    m = json.loads(out)
+    assert m["n"] == CLASSES * 10
+    assert m["accuracy"] >= 0.85, m["accuracy"]
+    for key in ("macro_f1", "vote", "k", "threshold", "abstain_rate", "per_class"):
+        assert key in m
+    assert 0 <= m["abstain_rate"] <= 1 and 0 <= m["macro_f1"] <= 1
+    some = next(iter(m["per_class"].values()))
+    assert set(some) == {"precision", "recall", "f1", "support"}
+
+    code, out, err = run("classify", "--store", store, "--json", "Please cancel the transfer I just made")
+    assert code == 0, err
+    pred = json.loads(out)["predictions"][0]
+    assert pred["label"] == "cancel_transfer"
+    assert pred["neighbours"] and {"id", "label", "score"} <= set(pred["neighbours"][0])
+
+    out_csv = tmp_path / "pred.csv"
+    code, out, err = run("classify", "--store", store, "--input", str(test), "--output", str(out_csv))
+    assert code == 0, err
+    rows = list(csv.DictReader(out_csv.open()))
+    assert len(rows) == CLASSES * 10 and rows[0]["label"]
+
+    code, out, err = run("info", "--store", store, "--json")
+    info = json.loads(out)
+    assert info["count"] == n and len(info["labels"]) == CLASSES
+    assert info["encoder"] == real_encoder.identity
+    best = tuned["best"]
+    assert info["rule"] == {k: best[k] for k in ("vote", "size", "value", "threshold")}
+
+
+def test_urgency_label_map(real_encoder, slices, tmp_path: Path, data_dir: Path) -> None:  # type: ignore[no-untyped-def]
+    train, test = slices
+    store = str(tmp_path / "store")
+    umap = str(data_dir / "urgency.csv")
+    assert run("index", str(train), "--store", store, "--collection", "urgency", "--label-map", umap)[0] == 0
+    assert run("tune", "--store", store, "--collection", "urgency")[0] == 0
+    code, out, err = run("evaluate", str(test), "--store", store, "--collection", "urgency", "--label-map", umap, "--json")
+    assert code == 0, err
+    m = json.loads(out)
+    assert set(m["per_class"]) <= {"urgent", "not_urgent"}
+    assert m["accuracy"] > 0.9
+
+
+def test_onnx_fp32_matches_sentence_transformers(encoder_cache: Path, tmp_path: Path) -> None:
+    from sentence_transformers import SentenceTransformer
+
+    from knnclass.encoders import OnnxEncoder, default_model_dir
+    from knnclass.encoders.export import ExportSettings, export_encoder
+
+    sentences = [r["text"] for r in csv.DictReader((Path(__file__).parents[2] / "data/banking77/test.csv").open())][:200]
+    export_encoder(default_model_dir(), tmp_path / "fp32", ExportSettings(quantize="none"))
+    got = OnnxEncoder(tmp_path / "fp32").embed(sentences)
+    ref = SentenceTransformer(str(default_model_dir()), device="cpu").encode(sentences, normalize_embeddings=True)
+    cos = np.sum(got * ref, axis=1)
+    assert cos.min() >= 0.999, cos.min()
+    assert np.allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)
+
+
+def test_serving_path_imports_no_torch(real_encoder, slices, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    train, _ = slices
+    store = str(tmp_path / "store")
+    assert run("index", str(train), "--store", store)[0] == 0
+    assert run("tune", "--store", store)[0] == 0
+    code = (
+        "import sys\nfrom knnclass.cli import cli\n"
+        f"try:\n    cli(['classify', '--store', {store!r}, '--json', 'card not working'])\n"
+        "except SystemExit as e:\n    assert e.code in (0, None), e.code\n"
+        "bad = [m for m in ('torch', 'sentence_transformers', 'optimum', 'transformers') if m in sys.modules]\n"
+        "assert not bad, bad\nprint('clean')\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=os.environ.copy())
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.strip().endswith("clean")

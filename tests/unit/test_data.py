@@ -1,0 +1,96 @@
+"""Reading tickets: columns, encodings, ids, clear errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from knnclass.data import example_id, point_uuid, read_examples, read_label_map, read_texts
+from knnclass.errors import InputError
+
+
+def write(tmp_path: Path, content: str | bytes, name: str = "t.csv") -> Path:
+    p = tmp_path / name
+    if isinstance(content, bytes):
+        p.write_bytes(content)
+    else:
+        p.write_text(content)
+    return p
+
+
+def test_reads_csv_with_quoted_newlines_and_bom(tmp_path: Path) -> None:
+    p = write(tmp_path, '\ufefftext,category\n"line one\nline two",a\nplain,b\n'.encode())
+    ex = read_examples(p)
+    assert [e.label for e in ex] == ["a", "b"]
+    assert ex[0].text == "line one\nline two"
+    assert ex[0].id == example_id("line one\nline two")
+
+
+def test_content_hash_ids_are_stable_and_dedupe(tmp_path: Path) -> None:
+    p = write(tmp_path, "text,category\nhello,a\nhello,b\nworld,a\n")
+    ex = read_examples(p)
+    assert len(ex) == 2  # same text collapses to the last row
+    assert {e.text: e.label for e in ex} == {"hello": "b", "world": "a"}
+    assert read_examples(p) == ex
+
+
+def test_id_column(tmp_path: Path) -> None:
+    p = write(tmp_path, "id,text,category\n7,hello,a\n8,hello,b\n")
+    ex = read_examples(p, id_col="id")
+    assert [(e.id, e.label) for e in ex] == [("7", "a"), ("8", "b")]
+    assert point_uuid("7") != point_uuid("8")
+    assert point_uuid("7") == point_uuid("7")
+
+
+def test_jsonl(tmp_path: Path) -> None:
+    p = write(tmp_path, '{"text": "a b", "category": "x"}\n\n{"text": "c", "category": "y"}\n', "t.jsonl")
+    assert [e.label for e in read_examples(p)] == ["x", "y"]
+
+
+def test_label_map(tmp_path: Path, data_dir: Path) -> None:
+    mapping = read_label_map(data_dir / "urgency.csv")
+    assert set(mapping.values()) == {"urgent", "not_urgent"}
+    p = write(tmp_path, "text,category\nstolen!,lost_or_stolen_card\n")
+    assert read_examples(p, label_map=mapping)[0].label == mapping["lost_or_stolen_card"]
+    bad = write(tmp_path, "text,category\nx,not_a_category\n", "bad.csv")
+    with pytest.raises(InputError, match="not in the label map"):
+        read_examples(bad, label_map=mapping)
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("text,label\nhi,a\n", "no label column 'category'"),
+        ("body,category\nhi,a\n", "no text column 'text'"),
+        ("text,category\n  ,a\n", "empty text"),
+        ("text,category\nhi,\n", "empty label"),
+        ("", "empty file"),
+        ("text,category\n", "no rows"),
+        ("text,category\nhi,a,extra\n", "fields but the header has"),
+        (b"text,category\ncaf\xe9,a\n", "not valid UTF-8"),
+        (b"text,category\n\x00\x01,a\n", "NUL bytes"),
+    ],
+)
+def test_bad_files_are_clear_input_errors(tmp_path: Path, content: str | bytes, message: str) -> None:
+    with pytest.raises(InputError, match=message):
+        read_examples(write(tmp_path, content))
+
+
+def test_missing_file_and_directory(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="no such file"):
+        read_examples(tmp_path / "nope.csv")
+    with pytest.raises(InputError, match="is a directory"):
+        read_texts(tmp_path)
+
+
+def test_large_field_is_read(tmp_path: Path) -> None:
+    big = "x" * 300_000
+    assert read_texts(write(tmp_path, f"text\n{big}\n")) == [big]
+
+
+def test_invalid_jsonl(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="invalid JSON"):
+        read_examples(write(tmp_path, '{"text": \n', "t.jsonl"))
+    with pytest.raises(InputError, match="JSON object"):
+        read_examples(write(tmp_path, "[1, 2]\n", "u.jsonl"))

@@ -46,6 +46,21 @@ class Prediction:
         return d
 
 
+def _encoder_parity(source: str) -> dict[str, Any] | None:
+    """Parity figures recorded at export, when the encoder dir is at hand."""
+    from pathlib import Path
+
+    from .encoders.onnx import METADATA_FILE, read_metadata
+    from .errors import EncoderError
+
+    if not source or not (Path(source) / METADATA_FILE).exists():
+        return None
+    try:
+        return read_metadata(Path(source)).get("parity")
+    except EncoderError:
+        return None
+
+
 class Classifier:
     """Classify, index, tune and edit examples of one collection.
 
@@ -245,6 +260,7 @@ class Classifier:
             "encoder": meta.encoder,
             "encoder_source": meta.encoder_source,
             "dim": meta.dim,
+            "encoder_parity": _encoder_parity(meta.encoder_source),
             "labels": self.store.label_counts(ref),
             "rule": meta.rule,
             "tuning": meta.tuning,

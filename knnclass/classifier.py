@@ -11,7 +11,7 @@ import numpy as np
 
 from .data import Example
 from .encoders.base import Encoder
-from .errors import EncoderMismatchError, ExampleNotFoundError, InputError, NotTunedError
+from .errors import EncoderMismatchError, ExampleNotFoundError, InputError, NotTunedError, StoreError
 from .metrics import score_predictions
 from .store.base import CollectionMeta, Hit, Ref, Store
 from .tuning import K_MAX, TuningResult, tune_rule
@@ -121,9 +121,17 @@ class Classifier:
         else:
             enc = self.encoder_for(None)
             ref = self.store.create(self.collection, CollectionMeta(enc.identity, enc.source, enc.dim))
+        done = 0
         for start in range(0, len(examples), batch_size):
             batch = examples[start : start + batch_size]
-            self.store.upsert(ref, batch, enc.embed([e.text for e in batch]))
+            try:
+                self.store.upsert(ref, batch, enc.embed([e.text for e in batch]))
+            except StoreError as e:
+                raise type(e)(
+                    f"{e} — {done} of {len(examples)} examples were stored before this; "
+                    "re-run the same command to resume (ids are stable, nothing is duplicated)"
+                ) from None
+            done += len(batch)
             if progress:
                 progress(len(batch))
         if optimize:

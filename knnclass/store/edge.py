@@ -7,6 +7,7 @@ ROOT/collections/NAME/CURRENT (atomically replaced), ROOT/collections/NAME/vN/{m
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import threading
 from collections.abc import Iterator, Sequence
@@ -29,6 +30,9 @@ from .base import CollectionMeta, Hit, Ref, Store, validate_name
 __all__ = ["EdgeStore", "EdgeTuning"]
 
 MARKER = "knnclass-store.json"
+# Qdrant Edge preallocates WAL files and mmaps sparse files: on a full disk it dies with
+# SIGBUS instead of an error, so refuse to open or write below this much free space.
+MIN_FREE_BYTES = int(os.environ.get("KNNCLASS_MIN_FREE_MB", "96")) * 2**20
 VECTOR = "text"
 _PAYLOAD = ["label", "ext_id"]
 
@@ -71,8 +75,23 @@ class EdgeStore(Store):
             self._lock = ProcessLock(self.root / ".lock", f"store {self.root}")
         except OSError as e:
             raise StoreError(f"{self.root}: cannot lock store: {e.strerror}") from None
+        try:
+            self.check_space()
+        except StoreError:
+            self._lock.release()
+            raise
         self._shards: dict[Ref, Any] = {}
         self._mu = threading.RLock()
+
+    def check_space(self, need: int = 0) -> None:
+        """Raise a clear StoreError when the disk under the store is (nearly) full."""
+        free = shutil.disk_usage(self.root).free
+        if free < MIN_FREE_BYTES + need:
+            raise StoreError(
+                f"disk almost full under {self.root}: {free / 2**20:.0f} MiB free, knnclass needs at least "
+                f"{(MIN_FREE_BYTES + need) / 2**20:.0f} MiB to write safely; free some space and retry "
+                "(data already acknowledged is intact)"
+            )
 
     # --- paths -----------------------------------------------------------------------
     def _cdir(self, name: str) -> Path:
@@ -190,6 +209,7 @@ class EdgeStore(Store):
             raise InputError("examples and vectors differ in length")
         if not examples:
             return
+        self.check_space(need=len(examples) * (vectors.shape[1] * 8 + 2048))
         points = [
             Point(
                 id=point_uuid(e.id),
@@ -273,8 +293,14 @@ class EdgeStore(Store):
 
     def optimize(self, ref: Ref) -> None:
         shard = self._shard(ref)
-        shard.optimize()
-        shard.flush()
+        try:
+            shard.optimize()
+            shard.flush()
+        except Exception as e:
+            raise StoreError(
+                f"building the index of {ref.name} {ref.version} failed: {e}; the examples are stored, "
+                "and the next run of `knnclass index` (or any search) works without the index"
+            ) from None
 
     def close(self) -> None:
         with self._mu:

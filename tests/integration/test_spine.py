@@ -101,7 +101,9 @@ def test_urgency_label_map(real_encoder, slices, tmp_path: Path, data_dir: Path)
     umap = str(data_dir / "urgency.csv")
     assert run("index", str(train), "--store", store, "--collection", "urgency", "--label-map", umap)[0] == 0
     assert run("tune", "--store", store, "--collection", "urgency")[0] == 0
-    code, out, err = run("evaluate", str(test), "--store", store, "--collection", "urgency", "--label-map", umap, "--json")
+    code, out, err = run(
+        "evaluate", str(test), "--store", store, "--collection", "urgency", "--label-map", umap, "--json"
+    )
     assert code == 0, err
     m = json.loads(out)
     assert set(m["per_class"]) <= {"urgent", "not_urgent"}
@@ -114,7 +116,9 @@ def test_onnx_fp32_matches_sentence_transformers(encoder_cache: Path, tmp_path: 
     from knnclass.encoders import OnnxEncoder, default_model_dir
     from knnclass.encoders.export import ExportSettings, export_encoder
 
-    sentences = [r["text"] for r in csv.DictReader((Path(__file__).parents[2] / "data/banking77/test.csv").open())][:200]
+    sentences = [r["text"] for r in csv.DictReader((Path(__file__).parents[2] / "data/banking77/test.csv").open())][
+        :200
+    ]
     export_encoder(default_model_dir(), tmp_path / "fp32", ExportSettings(quantize="none"))
     got = OnnxEncoder(tmp_path / "fp32").embed(sentences)
     ref = SentenceTransformer(str(default_model_dir()), device="cpu").encode(sentences, normalize_embeddings=True)

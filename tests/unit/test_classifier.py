@@ -60,7 +60,7 @@ def test_classify_needs_tuning_then_returns_evidence(clf: Classifier) -> None:
     assert result.mode == "leave-one-out" and result.n == 36
     assert result.best.score == pytest.approx(1.0)
     assert result.best.rule.k(36) == 1  # simplest rule among equals
-    preds, ref, rule = clf.classify(["my card broke", "a transfer is late", "forgot pin"])
+    preds, _, _ = clf.classify(["my card broke", "a transfer is late", "forgot pin"])
     assert [p.label for p in preds] == ["card", "transfer", "pin"]
     p = preds[0]
     assert not p.abstained and 0 < p.confidence <= 1

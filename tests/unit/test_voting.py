@@ -68,7 +68,16 @@ def test_no_neighbours_abstains() -> None:
 
 @pytest.mark.parametrize(
     ("pct", "n", "k"),
-    [(1, 100, 1), (1, 10003, 101), (0.5, 10003, 51), (0.05, 10003, 6), (10, 7, 1), (50, 7, 4), (100, 7, 7), (0.01, 50, 1)],
+    [
+        (1, 100, 1),
+        (1, 10003, 101),
+        (0.5, 10003, 51),
+        (0.05, 10003, 6),
+        (10, 7, 1),
+        (50, 7, 4),
+        (100, 7, 7),
+        (0.01, 50, 1),
+    ],
 )
 def test_percent_rounds_up_and_is_at_least_one(pct: float, n: int, k: int) -> None:
     assert k_for_percent(pct, n) == k

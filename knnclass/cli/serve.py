@@ -2,6 +2,82 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+from typing import Any
+
 import click
 
-COMMANDS: list[click.Command] = []
+from ..errors import InputError
+from ._common import encoder_option, open_classifier, store_options
+
+
+@click.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535))
+@click.option(
+    "--workers",
+    default=1,
+    show_default=True,
+    type=click.IntRange(1, 64),
+    help="Worker processes; more than one needs the server backend (--qdrant-url).",
+)
+@click.option(
+    "--max-in-flight",
+    default=64,
+    show_default=True,
+    type=click.IntRange(1, 100_000),
+    help="Requests in progress beyond which /v1 answers 429.",
+)
+@click.option(
+    "--batch-wait-ms",
+    default=0.0,
+    show_default=True,
+    type=click.FloatRange(0, 100),
+    help="Extra wait to gather concurrent classify calls into one encoder batch.",
+)
+@click.option(
+    "--log-level",
+    default="warning",
+    show_default=True,
+    type=click.Choice(["critical", "error", "warning", "info", "debug"]),
+)
+@encoder_option
+@store_options
+def serve(
+    host: str,
+    port: int,
+    workers: int,
+    max_in_flight: int,
+    batch_wait_ms: float,
+    log_level: str,
+    encoder_dir: Path | None,
+    **so: Any,
+) -> None:
+    """Serve classify and live example edits over HTTP (OpenAPI docs at /docs).
+
+    Writes need KNNCLASS_API_KEY when it is set; classify takes it or KNNCLASS_READ_KEY.
+    """
+    import uvicorn
+
+    from ..service import ServiceSettings, create_app
+
+    if workers > 1 and not so.get("qdrant_url"):
+        raise InputError(
+            "--workers > 1 needs the server backend (--qdrant-url): the embedded store can be opened by one "
+            "process only; one worker already batches concurrent requests"
+        )
+    settings = ServiceSettings(
+        api_key=os.environ.get("KNNCLASS_API_KEY") or None,
+        read_key=os.environ.get("KNNCLASS_READ_KEY") or None,
+        max_in_flight=max_in_flight,
+        batch_wait_ms=batch_wait_ms,
+    )
+    clf = open_classifier(encoder_dir=encoder_dir, create=False, **so)
+    clf.ref()  # fail now, with a clear message, if the collection is missing
+    app = create_app(clf, settings)
+    click.echo(f"serving {so['collection']} on http://{host}:{port} (docs at /docs)", err=True)
+    uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=30, access_log=False)
+
+
+COMMANDS = [serve]

@@ -1,0 +1,353 @@
+"""The HTTP API: routes parse, call the library through the engine, and format."""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from ..classifier import Classifier
+from ..data import Example, example_id
+from ..errors import KnnclassError
+from ..voting import Rule
+from .engine import Engine
+from .schemas import ClassifyRequest, ClassifyResponse, ErrorBody, ExamplesRequest, RelabelRequest
+
+__all__ = ["ServiceSettings", "create_app"]
+
+log = logging.getLogger("knnclass.service")
+
+
+@dataclass(frozen=True)
+class ServiceSettings:
+    """Limits and keys. Keys are compared in constant time and never logged."""
+
+    api_key: str | None = None
+    read_key: str | None = None
+    max_body_bytes: int = 1 << 20
+    max_in_flight: int = 64
+    retry_after_s: int = 1
+    max_batch: int = 64
+    batch_wait_ms: float = 0.0
+
+
+def _error(status: int, kind: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": {"type": kind, "message": message}}, status_code=status, headers=headers)
+
+
+class _Guard:
+    """Pure-ASGI middleware: body size limit, bounded in-flight requests, per-route metrics."""
+
+    def __init__(self, app: ASGIApp, settings: ServiceSettings, metrics: _Metrics):
+        self.app = app
+        self.s = settings
+        self.m = metrics
+        self.in_flight = 0
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path: str = scope["path"]
+        limited = path.startswith("/v1/")
+        if limited and self.in_flight >= self.s.max_in_flight:
+            self.m.count(scope["method"], "overload", 429)
+            resp = _error(
+                429,
+                "overloaded",
+                "too many requests in flight; retry later",
+                {"Retry-After": str(self.s.retry_after_s)},
+            )
+            await resp(scope, receive, send)
+            return
+        for k, v in scope.get("headers", []):
+            if k == b"content-length":
+                try:
+                    too_big = int(v) > self.s.max_body_bytes
+                except ValueError:
+                    too_big = True
+                if too_big:
+                    await _error(413, "payload_too_large", f"request body over {self.s.max_body_bytes} bytes")(
+                        scope, receive, send
+                    )
+                    return
+        seen = 0
+        limit = self.s.max_body_bytes
+        overflow = False
+
+        async def guarded_receive() -> Message:
+            nonlocal seen, overflow
+            msg = await receive()
+            if msg["type"] == "http.request":
+                seen += len(msg.get("body", b""))
+                if seen > limit:  # stop reading; the app sees a truncated body and its answer is replaced
+                    overflow = True
+                    return {"type": "http.request", "body": b"", "more_body": False}
+            return msg
+
+        status = 500
+        replaced = False
+
+        async def tracking_send(msg: Message) -> None:
+            nonlocal status, replaced
+            if overflow:
+                if not replaced:
+                    replaced = True
+                    status = 413
+                    await _error(413, "payload_too_large", f"request body over {limit} bytes")(scope, receive, send)
+                return
+            if msg["type"] == "http.response.start":
+                status = msg["status"]
+            await send(msg)
+
+        t0 = time.perf_counter()
+        self.in_flight += 1 if limited else 0
+        try:
+            await self.app(scope, guarded_receive, tracking_send)
+        finally:
+            self.in_flight -= 1 if limited else 0
+            route = scope.get("route")
+            name = getattr(route, "path", "unmatched")
+            self.m.observe(scope["method"], name, status, time.perf_counter() - t0)
+
+
+class _Metrics:
+    """Prometheus metrics on an app-private registry."""
+
+    def __init__(self) -> None:
+        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+        self.registry = CollectorRegistry()
+        buckets = (0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
+        self.requests = Counter(
+            "knnclass_requests_total", "HTTP requests", ["method", "route", "status"], registry=self.registry
+        )
+        self.latency = Histogram(
+            "knnclass_request_seconds",
+            "HTTP request latency",
+            ["method", "route"],
+            buckets=buckets,
+            registry=self.registry,
+        )
+        self.encode = Histogram(
+            "knnclass_encode_seconds", "Embedding time per batch", buckets=buckets, registry=self.registry
+        )
+        self.search = Histogram(
+            "knnclass_search_seconds", "Search + vote time per batch", buckets=buckets, registry=self.registry
+        )
+        self.batch = Histogram(
+            "knnclass_batch_texts",
+            "Texts per encoder batch",
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+            registry=self.registry,
+        )
+        self.index_size = Gauge("knnclass_index_size", "Examples in the served collection", registry=self.registry)
+
+    def count(self, method: str, route: str, status: int) -> None:
+        self.requests.labels(method, route, str(status)).inc()
+
+    def observe(self, method: str, route: str, status: int, seconds: float) -> None:
+        self.count(method, route, status)
+        self.latency.labels(method, route).observe(seconds)
+
+    def engine(self, encode_s: float, search_s: float, n: int) -> None:
+        self.encode.observe(encode_s)
+        self.search.observe(search_s)
+        self.batch.observe(n)
+
+
+def _key_from(request: Request) -> str | None:
+    auth = request.headers.get("authorization")
+    if auth and auth.lower().startswith("bearer "):
+        return auth[7:].strip()
+    return request.headers.get("x-api-key")
+
+
+def _matches(given: str | None, expected: str | None) -> bool:
+    if given is None or expected is None:
+        return False
+    return hmac.compare_digest(given.encode("utf-8", "surrogateescape"), expected.encode("utf-8", "surrogateescape"))
+
+
+class _AuthError(Exception):
+    def __init__(self, status: int, message: str):
+        self.status, self.message = status, message
+
+
+def create_app(classifier: Classifier, settings: ServiceSettings | None = None) -> FastAPI:
+    """The FastAPI app serving `classifier`; the store is closed on shutdown."""
+    s = settings or ServiceSettings()
+    metrics = _Metrics()
+    engine = Engine(classifier, max_batch=s.max_batch, wait_s=s.batch_wait_ms / 1000)
+    engine.observe = metrics.engine
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await engine.start()
+        try:
+            await engine.read(_warm, classifier)
+        except KnnclassError as e:
+            log.warning("not ready yet: %s", e)
+        yield
+        await engine.stop()
+        classifier.store.close()
+
+    app = FastAPI(
+        title="knnclass",
+        summary="Nearest-neighbour ticket classification with evidence",
+        version="0.1.0",
+        lifespan=lifespan,
+        responses={422: {"model": ErrorBody}, 429: {"model": ErrorBody}, 413: {"model": ErrorBody}},
+    )
+    app.state.engine = engine
+    app.state.metrics = metrics
+    app.add_middleware(_Guard, settings=s, metrics=metrics)
+
+    # --- auth ------------------------------------------------------------------------------
+    def require_write(request: Request) -> None:
+        if s.api_key is None:
+            return
+        key = _key_from(request)
+        if key is None:
+            raise _AuthError(401, "missing API key (Authorization: Bearer <key> or X-API-Key)")
+        if not _matches(key, s.api_key):
+            raise _AuthError(403, "this key may not write")
+
+    def require_read(request: Request) -> None:
+        if s.api_key is None and s.read_key is None:
+            return
+        key = _key_from(request)
+        if key is None:
+            raise _AuthError(401, "missing API key (Authorization: Bearer <key> or X-API-Key)")
+        if not (_matches(key, s.api_key) | _matches(key, s.read_key)):
+            raise _AuthError(403, "invalid API key")
+
+    # --- errors ----------------------------------------------------------------------------
+    @app.exception_handler(_AuthError)
+    async def _auth(_: Request, e: _AuthError) -> JSONResponse:
+        headers = {"WWW-Authenticate": "Bearer"} if e.status == 401 else None
+        return _error(e.status, "unauthorized" if e.status == 401 else "forbidden", e.message, headers)
+
+    @app.exception_handler(KnnclassError)
+    async def _lib(_: Request, e: KnnclassError) -> JSONResponse:
+        return _error(e.http_status, type(e).__name__, str(e))
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_: Request, e: RequestValidationError) -> JSONResponse:
+        details = [
+            {"loc": [str(x) for x in err.get("loc", ())], "msg": str(err.get("msg", ""))[:200]}
+            for err in e.errors()[:20]
+        ]
+        first = details[0] if details else {"loc": [], "msg": "invalid request"}
+        msg = f"{'.'.join(first['loc'][1:]) or 'body'}: {first['msg']}"
+        return JSONResponse({"error": {"type": "validation_error", "message": msg, "details": details}}, 422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, e: StarletteHTTPException) -> JSONResponse:
+        if e.status_code == 400:  # a body that is not even decodable: the same class as invalid JSON
+            return _error(422, "validation_error", f"body: {e.detail}")
+        kind = {404: "not_found", 405: "method_not_allowed"}.get(e.status_code, "http_error")
+        return _error(e.status_code, kind, str(e.detail), getattr(e, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def _crash(_: Request, e: Exception) -> JSONResponse:
+        log.error("internal error: %s", type(e).__name__)
+        return _error(500, "internal_error", "internal error")
+
+    # --- health ------------------------------------------------------------------------------
+    @app.get("/livez", tags=["health"])
+    async def livez() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz", tags=["health"])
+    async def readyz() -> JSONResponse:
+        try:
+            state = await engine.read(_readiness, classifier)
+        except KnnclassError as e:
+            return JSONResponse({"ready": False, "reason": str(e)}, status_code=503)
+        metrics.index_size.set(state["count"])
+        if state["count"] == 0:
+            return JSONResponse({"ready": False, "reason": "the collection is empty", **state}, status_code=503)
+        return JSONResponse({"ready": True, **state})
+
+    @app.get("/metrics", tags=["health"])
+    async def prometheus() -> Response:
+        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    # --- classify ----------------------------------------------------------------------------
+    @app.post(
+        "/v1/classify",
+        response_model=ClassifyResponse,
+        response_model_exclude_none=True,
+        tags=["classify"],
+        dependencies=[Depends(require_read)],
+    )
+    async def classify(body: ClassifyRequest) -> dict[str, Any]:
+        rule = Rule(**body.rule.model_dump()) if body.rule else None
+        preds, ref, used, encoder = await engine.classify(body.all_texts(), rule, body.k, body.truncate)
+        return {
+            "predictions": [p.to_dict(body.include_neighbours) for p in preds],
+            "collection": ref.name,
+            "version": ref.version,
+            "encoder": encoder,
+            "rule": used.to_dict(),
+        }
+
+    # --- examples ----------------------------------------------------------------------------
+    @app.post("/v1/examples", tags=["examples"], dependencies=[Depends(require_write)])
+    async def add_examples(body: ExamplesRequest) -> dict[str, Any]:
+        examples = [Example(e.id or example_id(e.text), e.text, e.label.strip()) for e in body.examples]
+        await engine.write(engine.add_examples, examples, body.truncate)
+        return {"upserted": len(examples), "ids": [e.id for e in examples]}
+
+    @app.get("/v1/examples/{example_id}", tags=["examples"], dependencies=[Depends(require_read)])
+    async def get_example(example_id: str) -> dict[str, str]:
+        e = await engine.read(classifier.get, example_id)
+        return {"id": e.id, "text": e.text, "label": e.label}
+
+    @app.patch("/v1/examples/{example_id}", tags=["examples"], dependencies=[Depends(require_write)])
+    async def relabel(example_id: str, body: RelabelRequest) -> dict[str, str]:
+        e = await engine.write(classifier.relabel, example_id, body.label)
+        return {"id": e.id, "text": e.text, "label": e.label}
+
+    @app.delete("/v1/examples/{example_id}", tags=["examples"], dependencies=[Depends(require_write)])
+    async def delete(example_id: str) -> dict[str, Any]:
+        await engine.write(classifier.delete, example_id)
+        return {"deleted": example_id}
+
+    @app.get("/v1/info", tags=["classify"], dependencies=[Depends(require_read)])
+    async def info() -> dict[str, Any]:
+        d: dict[str, Any] = await engine.read(classifier.info)
+        return d
+
+    return app
+
+
+def _warm(clf: Classifier) -> None:
+    """Load the encoder at start-up so the first request is fast."""
+    clf.encoder_for(clf.meta())
+
+
+def _readiness(clf: Classifier) -> dict[str, Any]:
+    ref = clf.ref()
+    meta = clf.meta(ref)
+    enc = clf.encoder_for(meta)
+    return {
+        "collection": ref.name,
+        "version": ref.version,
+        "count": clf.store.count(ref),
+        "encoder": enc.identity,
+        "tuned": meta.rule is not None,
+    }

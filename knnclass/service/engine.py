@@ -1,0 +1,175 @@
+"""The serving engine: natural micro-batching of classify calls, writes on their own thread.
+
+Classify requests that arrive while a batch is running are embedded together in the
+next batch (no added wait when idle; an optional wait budget trades latency for
+throughput). Every batch pins one collection version, so an answer never mixes
+vectors of two encoders.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+from ..classifier import Classifier, Prediction
+from ..data import Example
+from ..errors import InputError
+from ..store.base import Ref
+from ..voting import Rule
+
+__all__ = ["ClassifyJob", "Engine", "Timings"]
+
+
+@dataclass
+class ClassifyJob:
+    texts: list[str]
+    rule: Rule | None
+    k: int | None
+    truncate: bool
+    future: asyncio.Future[tuple[list[Prediction], Ref, Rule, str]]
+
+
+@dataclass
+class Timings:
+    encode_s: float = 0.0
+    search_s: float = 0.0
+
+
+class Engine:
+    """Runs library calls off the event loop: one thread classifies, one writes."""
+
+    def __init__(self, classifier: Classifier, max_batch: int = 64, wait_s: float = 0.0):
+        self.clf = classifier
+        self.max_batch = max_batch
+        self.wait_s = wait_s
+        self._read = ThreadPoolExecutor(1, thread_name_prefix="knnclass-classify")
+        self._write = ThreadPoolExecutor(1, thread_name_prefix="knnclass-write")
+        self._queue: asyncio.Queue[ClassifyJob] | None = None
+        self._task: asyncio.Task[None] | None = None
+        self.last = Timings()
+        self.observe: Any = None  # callable(encode_s, search_s, batch_texts) set by the app
+
+    async def start(self) -> None:
+        self._queue = asyncio.Queue()
+        self._task = asyncio.create_task(self._loop())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        self._read.shutdown(wait=True)
+        self._write.shutdown(wait=True)
+
+    # --- classify ------------------------------------------------------------------------
+    async def classify(
+        self, texts: list[str], rule: Rule | None, k: int | None, truncate: bool
+    ) -> tuple[list[Prediction], Ref, Rule, str]:
+        assert self._queue is not None, "engine not started"
+        fut: asyncio.Future[tuple[list[Prediction], Ref, Rule, str]] = asyncio.get_running_loop().create_future()
+        await self._queue.put(ClassifyJob(texts, rule, k, truncate, fut))
+        return await fut
+
+    async def _loop(self) -> None:
+        assert self._queue is not None
+        loop = asyncio.get_running_loop()
+        while True:
+            jobs = [await self._queue.get()]
+            n = len(jobs[0].texts)
+            deadline = time.perf_counter() + self.wait_s
+            while n < self.max_batch:
+                if not self._queue.empty():
+                    job = self._queue.get_nowait()
+                elif self.wait_s > 0 and time.perf_counter() < deadline:
+                    try:
+                        job = await asyncio.wait_for(self._queue.get(), deadline - time.perf_counter())
+                    except TimeoutError:
+                        break
+                else:
+                    break
+                jobs.append(job)
+                n += len(job.texts)
+            try:
+                results = await loop.run_in_executor(self._read, self._run_batch, jobs)
+            except Exception as e:  # delivered to every waiting request
+                for j in jobs:
+                    if not j.future.done():
+                        j.future.set_exception(e)
+                continue
+            for j, r in zip(jobs, results, strict=True):
+                if not j.future.done():
+                    if isinstance(r, Exception):
+                        j.future.set_exception(r)
+                    else:
+                        j.future.set_result(r)
+
+    def _run_batch(self, jobs: Sequence[ClassifyJob]) -> list[Any]:
+        clf = self.clf
+        ref = clf.ref()
+        meta = clf.meta(ref)
+        enc = clf.encoder_for(meta)
+        out: list[Any] = []
+        ok: list[ClassifyJob] = []
+        for j in jobs:
+            try:
+                if not j.truncate:
+                    for i, n in enumerate(enc.count_tokens(j.texts)):
+                        if n > enc.max_tokens:
+                            raise InputError(
+                                f"text {i} has {n} tokens, over the encoder's limit of {enc.max_tokens}; "
+                                "shorten it or send truncate=true"
+                            )
+                rule = j.rule or clf.rule(meta)
+                if j.k is not None:
+                    rule = Rule(rule.vote, "k", j.k, rule.threshold)
+                out.append(rule)
+                ok.append(j)
+            except Exception as e:
+                out.append(e)
+        texts = [t for j in ok for t in j.texts]
+        t0 = time.perf_counter()
+        vecs = enc.embed(texts) if texts else None
+        t1 = time.perf_counter()
+        pos = 0
+        results: list[Any] = []
+        for j, r in zip(jobs, out, strict=True):
+            if isinstance(r, Exception):
+                results.append(r)
+                continue
+            assert vecs is not None
+            part = vecs[pos : pos + len(j.texts)]
+            pos += len(j.texts)
+            try:
+                results.append((clf.classify_vectors(part, ref, r), ref, r, enc.identity))
+            except Exception as e:
+                results.append(e)
+        t2 = time.perf_counter()
+        if self.observe is not None:
+            self.observe(t1 - t0, t2 - t1, len(texts))
+        return results
+
+    # --- writes ----------------------------------------------------------------------------
+    async def write(self, fn: Any, *args: Any) -> Any:
+        """Run a write (add / relabel / delete) on the writer thread; durable when it returns."""
+        return await asyncio.get_running_loop().run_in_executor(self._write, fn, *args)
+
+    async def read(self, fn: Any, *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self._read, fn, *args)
+
+    def add_examples(self, examples: Sequence[Example], truncate: bool) -> None:
+        clf = self.clf
+        ref = clf.ref()
+        enc = clf.encoder_for(clf.meta(ref))
+        if not truncate:
+            for e, n in zip(examples, enc.count_tokens([e.text for e in examples]), strict=True):
+                if n > enc.max_tokens:
+                    raise InputError(
+                        f"example {e.id!r} has {n} tokens, over the encoder's limit of {enc.max_tokens}; "
+                        "shorten it or send truncate=true"
+                    )
+        clf.add(examples, ref)

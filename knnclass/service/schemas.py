@@ -1,0 +1,107 @@
+"""Request and response models for the HTTP API, with their limits."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr, model_validator
+
+__all__ = [
+    "MAX_TEXTS",
+    "ClassifyRequest",
+    "ClassifyResponse",
+    "ErrorBody",
+    "ExampleIn",
+    "ExamplesRequest",
+    "RelabelRequest",
+    "RuleIn",
+]
+
+MAX_TEXTS = 256
+MAX_ID = 256
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class RuleIn(_Strict):
+    vote: Literal["majority", "weighted"] = "majority"
+    size: Literal["k", "pct"] = "k"
+    value: StrictInt | StrictFloat = Field(3, gt=0, le=100_000)
+    threshold: StrictInt | StrictFloat = Field(0.0, ge=0, le=1)
+
+
+class ClassifyRequest(_Strict):
+    text: StrictStr | None = None
+    texts: list[StrictStr] | None = Field(None, min_length=1, max_length=MAX_TEXTS)
+    k: StrictInt | None = Field(None, ge=1, le=256)
+    rule: RuleIn | None = None
+    include_neighbours: StrictBool = True
+    truncate: StrictBool = False
+
+    @model_validator(mode="after")
+    def _one_of(self) -> ClassifyRequest:
+        if (self.text is None) == (self.texts is None):
+            raise ValueError("give exactly one of 'text' or 'texts'")
+        for t in self.all_texts():
+            if not t.strip():
+                raise ValueError("texts must not be empty")
+        return self
+
+    def all_texts(self) -> list[str]:
+        return [self.text] if self.text is not None else list(self.texts or [])
+
+
+class NeighbourOut(BaseModel):
+    id: str
+    label: str
+    score: float
+
+
+class PredictionOut(BaseModel):
+    label: str | None
+    confidence: float
+    abstained: bool
+    reason: str | None = None
+    neighbours: list[NeighbourOut] | None = None
+
+
+class ClassifyResponse(BaseModel):
+    predictions: list[PredictionOut]
+    collection: str
+    version: str
+    encoder: str
+    rule: dict[str, Any]
+
+
+class ExampleIn(_Strict):
+    id: StrictStr | None = Field(None, min_length=1, max_length=MAX_ID)
+    text: StrictStr
+    label: StrictStr = Field(min_length=1, max_length=MAX_ID)
+
+    @model_validator(mode="after")
+    def _not_blank(self) -> ExampleIn:
+        if not self.text.strip():
+            raise ValueError("text must not be empty")
+        if not self.label.strip():
+            raise ValueError("label must not be empty")
+        return self
+
+
+class ExamplesRequest(_Strict):
+    examples: list[ExampleIn] = Field(min_length=1, max_length=MAX_TEXTS)
+    truncate: StrictBool = False
+
+
+class RelabelRequest(_Strict):
+    label: StrictStr = Field(min_length=1, max_length=MAX_ID)
+
+
+class ErrorDetail(BaseModel):
+    type: str
+    message: str
+
+
+class ErrorBody(BaseModel):
+    error: ErrorDetail

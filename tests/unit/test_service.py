@@ -1,0 +1,240 @@
+"""HTTP API through the ASGI app: results, live edits, health, limits, auth."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from knnclass.classifier import Classifier
+from knnclass.data import Example
+from knnclass.encoders import FakeEncoder
+from knnclass.service import ServiceSettings, create_app
+from knnclass.store.edge import EdgeStore
+
+TOPICS = ["card", "transfer", "pin"]
+
+
+def _clf(path: Path, tuned: bool = True, n: int = 8) -> Classifier:
+    st = EdgeStore(path)
+    c = Classifier(st, "tickets", encoder=FakeEncoder(topics=TOPICS))
+    if n:
+        c.index([Example(f"{t}-{i}", f"{t} question {i}", t) for t in TOPICS for i in range(n)])
+        if tuned:
+            c.tune()
+    return c
+
+
+@pytest.fixture()
+def client(tmp_path: Path) -> Iterator[TestClient]:
+    with TestClient(create_app(_clf(tmp_path / "s"))) as c:
+        yield c
+
+
+def _err(r, status: int) -> dict:  # type: ignore[no-untyped-def]
+    assert r.status_code == status, r.text
+    body = r.json()
+    assert set(body["error"]) >= {"type", "message"}
+    return body["error"]
+
+
+def test_classify_single_and_batch(client: TestClient) -> None:
+    r = client.post("/v1/classify", json={"text": "my card is broken"})
+    assert r.status_code == 200, r.text
+    d = r.json()
+    assert d["collection"] == "tickets" and d["version"] == "v1" and d["encoder"].startswith("fake-")
+    p = d["predictions"][0]
+    assert p["label"] == "card" and not p["abstained"] and 0 < p["confidence"] <= 1
+    assert p["neighbours"][0]["label"] == "card" and {"id", "label", "score"} == set(p["neighbours"][0])
+    r = client.post("/v1/classify", json={"texts": ["pin reset", "transfer late"], "include_neighbours": False})
+    preds = r.json()["predictions"]
+    assert [p["label"] for p in preds] == ["pin", "transfer"] and "neighbours" not in preds[0]
+
+
+def test_rule_and_k_override(client: TestClient) -> None:
+    d = client.post("/v1/classify", json={"text": "card", "k": 7}).json()
+    assert len(d["predictions"][0]["neighbours"]) == 7 and d["rule"]["value"] == 7
+    d = client.post(
+        "/v1/classify", json={"text": "card", "rule": {"vote": "weighted", "size": "pct", "value": 50}}
+    ).json()
+    assert d["rule"]["vote"] == "weighted" and len(d["predictions"][0]["neighbours"]) == 12
+
+
+def test_live_examples_visible_on_next_call(client: TestClient) -> None:
+    r = client.post("/v1/examples", json={"examples": [{"id": "x1", "text": "refund please now", "label": "refund"}]})
+    assert r.status_code == 200 and r.json()["ids"] == ["x1"]
+    top = client.post("/v1/classify", json={"text": "refund please now", "k": 1}).json()["predictions"][0]
+    assert top["label"] == "refund" and top["neighbours"][0]["id"] == "x1"
+    assert client.get("/v1/examples/x1").json() == {"id": "x1", "text": "refund please now", "label": "refund"}
+    assert client.patch("/v1/examples/x1", json={"label": "money_back"}).json()["label"] == "money_back"
+    top = client.post("/v1/classify", json={"text": "refund please now", "k": 1}).json()["predictions"][0]
+    assert top["label"] == "money_back"
+    assert client.delete("/v1/examples/x1").status_code == 200
+    top = client.post("/v1/classify", json={"text": "refund please now", "k": 1}).json()["predictions"][0]
+    assert top["neighbours"][0]["id"] != "x1"
+    _err(client.get("/v1/examples/x1"), 404)
+    _err(client.delete("/v1/examples/x1"), 404)
+    _err(client.patch("/v1/examples/x1", json={"label": "a"}), 404)
+    # content-hash ids when none is given
+    ids = client.post("/v1/examples", json={"examples": [{"text": "hello there", "label": "greet"}]}).json()["ids"]
+    assert ids[0].startswith("sha256:")
+
+
+def test_health_and_metrics(client: TestClient) -> None:
+    assert client.get("/livez").json() == {"status": "ok"}
+    r = client.get("/readyz")
+    assert r.status_code == 200 and r.json()["ready"] and r.json()["count"] == 24
+    client.post("/v1/classify", json={"text": "card"})
+    m = client.get("/metrics").text
+    assert 'knnclass_requests_total{method="POST",route="/v1/classify",status="200"}' in m
+    assert "knnclass_request_seconds_bucket" in m and "knnclass_encode_seconds_count" in m
+    assert "knnclass_search_seconds_count" in m and "knnclass_index_size 24.0" in m
+    assert client.get("/docs").status_code == 200
+    assert "/v1/classify" in client.get("/openapi.json").json()["paths"]
+
+
+def test_not_ready_when_empty_or_wrong_encoder(tmp_path: Path) -> None:
+    c = _clf(tmp_path / "a", n=0)
+    with TestClient(create_app(c)) as client:
+        r = client.get("/readyz")
+        assert r.status_code == 503 and not r.json()["ready"]
+        _err(client.post("/v1/classify", json={"text": "x"}), 404)  # no collection yet
+    c = _clf(tmp_path / "b")
+    wrong = Classifier(c.store, "tickets", encoder=FakeEncoder(dim=8))
+    with TestClient(create_app(wrong)) as client:
+        r = client.get("/readyz")
+        assert r.status_code == 503 and "indexed with encoder" in r.json()["reason"]
+        _err(client.post("/v1/classify", json={"text": "x"}), 409)
+
+
+def test_not_tuned_is_409(tmp_path: Path) -> None:
+    with TestClient(create_app(_clf(tmp_path / "s", tuned=False))) as client:
+        assert "knnclass tune" in _err(client.post("/v1/classify", json={"text": "card"}), 409)["message"]
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {},
+        {"text": ""},
+        {"text": "   "},
+        {"text": 5},
+        {"text": None, "texts": None},
+        {"text": "a", "texts": ["b"]},
+        {"texts": []},
+        {"texts": ["ok", ""]},
+        {"texts": ["ok", 3]},
+        {"texts": ["x"] * 257},
+        {"texts": "not a list"},
+        {"text": "a", "k": 0},
+        {"text": "a", "k": 10**12},
+        {"text": "a", "k": "3"},
+        {"text": "a", "rule": {"vote": "plurality"}},
+        {"text": "a", "rule": {"value": -1}},
+        {"text": "a", "rule": {"threshold": 2}},
+        {"text": "a", "unknown_field": 1},
+        {"text": "a", "include_neighbours": "no"},
+        [1, 2, 3],
+        "just a string",
+    ],
+)
+def test_bad_classify_bodies_are_422(client: TestClient, body: object) -> None:
+    e = _err(client.post("/v1/classify", json=body), 422)
+    assert e["type"] == "validation_error"
+
+
+def test_malformed_json_and_bad_utf8_are_422(client: TestClient) -> None:
+    for raw in (b"{not json", b'{"text": "\xff\xfe"}', b"", b'{"text": "a"' + b"]" * 10):
+        r = client.post("/v1/classify", content=raw, headers={"content-type": "application/json"})
+        _err(r, 422)
+
+
+def test_too_many_tokens_unless_truncate(client: TestClient) -> None:
+    long = " ".join(["card"] * 100)  # fake encoder: max_tokens 64
+    assert "tokens" in _err(client.post("/v1/classify", json={"text": long}), 422)["message"]
+    assert client.post("/v1/classify", json={"text": long, "truncate": True}).status_code == 200
+    _err(client.post("/v1/examples", json={"examples": [{"text": long, "label": "a"}]}), 422)
+
+
+def test_body_over_one_mib_is_413(client: TestClient) -> None:
+    big = json.dumps({"text": "x" * (1 << 20)})
+    assert _err(client.post("/v1/classify", content=big, headers={"content-type": "application/json"}), 413)
+
+    # without a content-length header (chunked), the stream is counted
+    def chunks() -> Iterator[bytes]:
+        for _ in range(20):
+            yield b" " * 65536
+
+    _err(client.post("/v1/classify", content=chunks(), headers={"content-type": "application/json"}), 413)
+
+
+def test_unknown_route_and_method(client: TestClient) -> None:
+    assert _err(client.get("/nope"), 404)["type"] == "not_found"
+    assert _err(client.put("/v1/classify", json={}), 405)["type"] == "method_not_allowed"
+
+
+def test_bad_example_bodies(client: TestClient) -> None:
+    for body in (
+        {"examples": []},
+        {"examples": [{"text": "a"}]},
+        {"examples": [{"text": "a", "label": ""}]},
+        {"examples": [{"text": " ", "label": "x"}]},
+        {"examples": [{"text": "a", "label": 1}]},
+        {"examples": [{"text": "a", "label": "b"}] * 257},
+    ):
+        _err(client.post("/v1/examples", json=body), 422)
+    _err(client.patch("/v1/examples/card-1", json={"label": ""}), 422)
+
+
+def test_overload_gives_429_with_retry_after(tmp_path: Path) -> None:
+    app = create_app(_clf(tmp_path / "s"), ServiceSettings(max_in_flight=2))
+    import httpx
+
+    async def flood() -> list[httpx.Response]:
+        transport = httpx.ASGITransport(app=app)
+        async with app.router.lifespan_context(app), httpx.AsyncClient(transport=transport, base_url="http://t") as c:
+            return await asyncio.gather(*(c.post("/v1/classify", json={"texts": ["card"] * 200}) for _ in range(12)))
+
+    rs = asyncio.run(flood())
+    codes = sorted(r.status_code for r in rs)
+    assert codes.count(200) >= 2 and 429 in codes and set(codes) <= {200, 429}
+    r429 = next(r for r in rs if r.status_code == 429)
+    assert r429.headers["retry-after"] == "1" and r429.json()["error"]["type"] == "overloaded"
+
+
+@pytest.fixture()
+def secured(tmp_path: Path) -> Iterator[TestClient]:
+    s = ServiceSettings(api_key="write-secret-123", read_key="read-secret-456")
+    with TestClient(create_app(_clf(tmp_path / "s"), s)) as c:
+        yield c
+
+
+def test_auth(secured: TestClient, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    add = {"examples": [{"id": "z", "text": "card z", "label": "card"}]}
+    assert _err(secured.post("/v1/classify", json={"text": "card"}), 401)["type"] == "unauthorized"
+    _err(secured.post("/v1/classify", json={"text": "card"}, headers={"X-API-Key": "nope"}), 403)
+    for key in ("read-secret-456", "write-secret-123"):
+        r = secured.post("/v1/classify", json={"text": "card"}, headers={"Authorization": f"Bearer {key}"})
+        assert r.status_code == 200
+    _err(secured.post("/v1/examples", json=add), 401)
+    e = _err(secured.post("/v1/examples", json=add, headers={"X-API-Key": "read-secret-456"}), 403)
+    _err(secured.post("/v1/examples", json=add, headers={"X-API-Key": "write-secret-12"}), 403)
+    _err(secured.delete("/v1/examples/card-1", headers={"X-API-Key": "read-secret-456"}), 403)
+    _err(secured.patch("/v1/examples/card-1", json={"label": "x"}), 401)
+    assert secured.post("/v1/examples", json=add, headers={"X-API-Key": "write-secret-123"}).status_code == 200
+    assert secured.get("/livez").status_code == 200 and secured.get("/readyz").status_code == 200
+    assert "secret" not in json.dumps(e)
+    assert "secret" not in caplog.text
+
+
+def test_store_closed_on_shutdown(tmp_path: Path) -> None:
+    c = _clf(tmp_path / "s")
+    with TestClient(create_app(c)) as client:
+        assert client.get("/livez").status_code == 200
+    EdgeStore(tmp_path / "s").close()  # lock released: a new process could open it

@@ -201,6 +201,7 @@ def create_app(classifier: Classifier, settings: ServiceSettings | None = None) 
         yield
         await engine.stop()
         classifier.store.close()
+        log.warning("knnclass: requests drained; store flushed and closed")
 
     app = FastAPI(
         title="knnclass",

@@ -194,7 +194,7 @@ class Classifier:
         return self.classify_vectors(enc.embed(texts), ref, rule, with_text), ref, rule
 
     def classify_vectors(self, vectors: np.ndarray, ref: Ref, rule: Rule, with_text: bool = False) -> list[Prediction]:
-        n_indexed = self.store.count(ref)
+        n_indexed = self.store.count(ref) if rule.size == "pct" else 0
         k = min(rule.k(n_indexed), K_MAX)
         hits = self.store.search(ref, vectors, k, with_text=with_text)
         return [self._predict(h, rule, n_indexed) for h in hits]

@@ -287,9 +287,9 @@ class EdgeStore(Store):
                 return
 
     def count(self, ref: Ref) -> int:
-        from qdrant_edge import CountRequest
-
-        return int(self._shard(ref).count(CountRequest(exact=True)))
+        # The shard's own bookkeeping: exact (deletes and re-upserts included) in microseconds,
+        # where an exact CountRequest scans every point (5 ms at 100k).
+        return int(self._shard(ref).info().points_count)
 
     def optimize(self, ref: Ref) -> None:
         shard = self._shard(ref)

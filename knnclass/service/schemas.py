@@ -21,6 +21,15 @@ MAX_TEXTS = 256
 MAX_ID = 256
 
 
+def _encodable(value: str, what: str) -> str:
+    """JSON can carry lone UTF-16 surrogates that no encoder can take: refuse them here."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError(f"{what} contains an unpaired surrogate (invalid Unicode)") from None
+    return value
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -47,6 +56,7 @@ class ClassifyRequest(_Strict):
         for t in self.all_texts():
             if not t.strip():
                 raise ValueError("texts must not be empty")
+            _encodable(t, "text")
         return self
 
     def all_texts(self) -> list[str]:
@@ -86,6 +96,8 @@ class ExampleIn(_Strict):
             raise ValueError("text must not be empty")
         if not self.label.strip():
             raise ValueError("label must not be empty")
+        for value, what in ((self.text, "text"), (self.label, "label"), (self.id or "", "id")):
+            _encodable(value, what)
         return self
 
 
@@ -96,6 +108,11 @@ class ExamplesRequest(_Strict):
 
 class RelabelRequest(_Strict):
     label: StrictStr = Field(min_length=1, max_length=MAX_ID)
+
+    @model_validator(mode="after")
+    def _valid(self) -> RelabelRequest:
+        _encodable(self.label, "label")
+        return self
 
 
 class ErrorDetail(BaseModel):

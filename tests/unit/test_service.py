@@ -238,3 +238,14 @@ def test_store_closed_on_shutdown(tmp_path: Path) -> None:
     with TestClient(create_app(c)) as client:
         assert client.get("/livez").status_code == 200
     EdgeStore(tmp_path / "s").close()  # lock released: a new process could open it
+
+
+def test_fuzzed_requests_never_5xx(tmp_path: Path) -> None:
+    from tests.fuzz_http import run_fuzz
+
+    app = create_app(_clf(tmp_path / "s"), ServiceSettings(api_key=None))
+    with TestClient(app, raise_server_exceptions=False) as client:
+        codes = run_fuzz(client, 1500, seed=1)
+        assert client.get("/livez").status_code == 200
+    assert sum(codes.values()) == 1500
+    assert codes[200] > 0 and codes[422] > 0 and codes[404] > 0 and codes[413] > 0

@@ -125,7 +125,11 @@ class Classifier:
         for start in range(0, len(examples), batch_size):
             batch = examples[start : start + batch_size]
             try:
-                self.store.upsert(ref, batch, enc.embed([e.text for e in batch]))
+                # Resume / re-import: examples already stored unchanged need no embedding.
+                stored = {e.id: e for e, _ in self.store.retrieve(ref, [e.id for e in batch])}
+                todo = [e for e in batch if stored.get(e.id) != e]
+                if todo:
+                    self.store.upsert(ref, todo, enc.embed([e.text for e in todo]))
             except StoreError as e:
                 raise type(e)(
                     f"{e} — {done} of {len(examples)} examples were stored before this; "

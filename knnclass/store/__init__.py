@@ -12,9 +12,18 @@ def open_store(
 ) -> Store:
     """The server backend when `url` is given, else the embedded store at `path`."""
     if url:
+        import os
+
         from .server import ServerStore
 
-        return ServerStore(url, api_key=api_key)
+        env = os.environ.get
+        return ServerStore(
+            url,
+            api_key=api_key,
+            shards=int(env("KNNCLASS_QDRANT_SHARDS", "1")),
+            replication_factor=int(env("KNNCLASS_QDRANT_REPLICATION", "1")),
+            write_consistency=int(env("KNNCLASS_QDRANT_WRITE_CONSISTENCY", "1")),
+        )
     from .edge import EdgeStore
 
     return EdgeStore(path or "knnclass-data", create=create)

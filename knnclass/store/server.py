@@ -1,0 +1,239 @@
+"""Qdrant server / cluster backend through qdrant-client.
+
+A collection NAME has physical collections NAME__v1, NAME__v2, ... and a Qdrant alias
+NAME pointing at the current one; `switch` re-points the alias in one atomic call.
+Per-version metadata (encoder stamp, tuned rule) lives in the `knnclass_meta`
+collection, so every process and replica sees the same stamp.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import numpy as np
+
+from ..data import Example, point_uuid
+from ..errors import CollectionNotFoundError, InputError, StoreError
+from .base import CollectionMeta, Hit, Ref, Store, validate_name
+
+__all__ = ["ServerStore"]
+
+META = "knnclass_meta"
+_PAYLOAD = ["label", "ext_id"]
+_NS = uuid.UUID("2b0f7f7e-8a47-4d0f-9a1c-5b8d9a0e3c21")
+
+
+def _physical(ref: Ref) -> str:
+    return f"{ref.name}__{ref.version}"
+
+
+class ServerStore(Store):
+    """Collections on a Qdrant server or cluster. `client` may be any ready QdrantClient."""
+
+    backend = "server"
+
+    def __init__(
+        self,
+        url: str | None = None,
+        api_key: str | None = None,
+        client: Any = None,
+        shards: int = 1,
+        replication_factor: int = 1,
+        write_consistency: int = 1,
+        hnsw_ef: int = 128,
+        timeout: int = 60,
+    ):
+        from qdrant_client import QdrantClient, models
+
+        self._m = models
+        if client is None:
+            if not url:
+                raise InputError("the server backend needs --qdrant-url")
+            client = QdrantClient(url=url, api_key=api_key, timeout=timeout)
+        self.client = client
+        self.shards, self.replication, self.consistency, self.hnsw_ef = (
+            shards,
+            replication_factor,
+            write_consistency,
+            hnsw_ef,
+        )
+        try:
+            if not self.client.collection_exists(META):
+                self.client.create_collection(
+                    META,
+                    vectors_config=models.VectorParams(size=1, distance=models.Distance.DOT),
+                    replication_factor=replication_factor,
+                    write_consistency_factor=write_consistency,
+                )
+        except Exception as e:
+            raise StoreError(f"cannot reach Qdrant at {url or 'the given client'}: {e}") from None
+
+    # --- collections and versions -------------------------------------------------------
+    def _aliases(self) -> dict[str, str]:
+        return {a.alias_name: a.collection_name for a in self.client.get_aliases().aliases}
+
+    def list_collections(self) -> list[str]:
+        return sorted(a for a, c in self._aliases().items() if re.fullmatch(re.escape(a) + r"__v\d+", c))
+
+    def versions(self, name: str) -> list[str]:
+        validate_name(name)
+        prefix = f"{name}__v"
+        found = [
+            c.name[len(name) + 2 :] for c in self.client.get_collections().collections if c.name.startswith(prefix)
+        ]
+        found = [v for v in found if v[1:].isdigit() and self._meta_point(Ref(name, v)) is not None]
+        return sorted(found, key=lambda v: int(v[1:]))
+
+    def current_version(self, name: str) -> str | None:
+        target = self._aliases().get(validate_name(name))
+        if target is None or not target.startswith(f"{name}__v"):
+            return None
+        return target[len(name) + 2 :]
+
+    def create_version(self, name: str, meta: CollectionMeta) -> Ref:
+        m = self._m
+        validate_name(name)
+        existing = [
+            int(c.name[len(name) + 3 :])
+            for c in self.client.get_collections().collections
+            if c.name.startswith(f"{name}__v") and c.name[len(name) + 3 :].isdigit()
+        ]
+        ref = Ref(name, f"v{max(existing, default=0) + 1}")
+        try:
+            self.client.create_collection(
+                _physical(ref),
+                vectors_config=m.VectorParams(size=meta.dim, distance=m.Distance.COSINE),
+                shard_number=self.shards,
+                replication_factor=self.replication,
+                write_consistency_factor=self.consistency,
+                hnsw_config=m.HnswConfigDiff(m=16, ef_construct=128),
+            )
+            self.client.create_payload_index(_physical(ref), "label", m.PayloadSchemaType.KEYWORD)
+        except Exception as e:
+            raise StoreError(f"cannot create {_physical(ref)}: {e}") from None
+        self.set_meta(ref, meta)
+        return ref
+
+    def switch(self, name: str, version: str) -> None:
+        m = self._m
+        if version not in self.versions(name):
+            raise CollectionNotFoundError(f"collection {name!r} has no version {version!r}")
+        ops: list[Any] = []
+        if name in self._aliases():
+            ops.append(m.DeleteAliasOperation(delete_alias=m.DeleteAlias(alias_name=name)))
+        ops.append(
+            m.CreateAliasOperation(
+                create_alias=m.CreateAlias(collection_name=_physical(Ref(name, version)), alias_name=name)
+            )
+        )
+        self.client.update_collection_aliases(change_aliases_operations=ops)
+
+    def drop_version(self, ref: Ref) -> None:
+        if self.current_version(ref.name) == ref.version:
+            raise InputError(f"{ref.name} {ref.version} is the current version; switch away first")
+        self.client.delete_collection(_physical(ref))
+        self.client.delete(META, points_selector=self._m.PointIdsList(points=[self._meta_id(ref)]), wait=True)
+
+    def _meta_id(self, ref: Ref) -> str:
+        return str(uuid.uuid5(_NS, _physical(ref)))
+
+    def _meta_point(self, ref: Ref) -> Any:
+        got = self.client.retrieve(META, [self._meta_id(ref)], with_payload=True)
+        return got[0] if got else None
+
+    def get_meta(self, ref: Ref) -> CollectionMeta:
+        p = self._meta_point(ref)
+        if p is None:
+            raise CollectionNotFoundError(f"collection {ref.name!r} has no version {ref.version!r}")
+        return CollectionMeta.from_dict(json.loads(p.payload["meta"]))
+
+    def set_meta(self, ref: Ref, meta: CollectionMeta) -> None:
+        point = self._m.PointStruct(
+            id=self._meta_id(ref),
+            vector=[1.0],
+            payload={"collection": ref.name, "version": ref.version, "meta": json.dumps(meta.to_dict())},
+        )
+        self.client.upsert(META, points=[point], wait=True)
+
+    # --- data -------------------------------------------------------------------------------
+    def upsert(self, ref: Ref, examples: Sequence[Example], vectors: np.ndarray) -> None:
+        if len(examples) != len(vectors):
+            raise InputError("examples and vectors differ in length")
+        if not examples:
+            return
+        points = [
+            self._m.PointStruct(
+                id=point_uuid(e.id), vector=v.tolist(), payload={"label": e.label, "text": e.text, "ext_id": e.id}
+            )
+            for e, v in zip(examples, vectors, strict=True)
+        ]
+        try:
+            self.client.upsert(_physical(ref), points=points, wait=True, ordering=self._m.WriteOrdering.STRONG)
+        except Exception as e:
+            raise StoreError(f"upsert into {ref.name} {ref.version} failed: {e}") from None
+
+    def delete(self, ref: Ref, ids: Sequence[str]) -> None:
+        if ids:
+            self.client.delete(
+                _physical(ref), points_selector=self._m.PointIdsList(points=[point_uuid(i) for i in ids]), wait=True
+            )
+
+    def retrieve(
+        self, ref: Ref, ids: Sequence[str], with_vectors: bool = False
+    ) -> list[tuple[Example, np.ndarray | None]]:
+        if not ids:
+            return []
+        recs = self.client.retrieve(
+            _physical(ref), [point_uuid(i) for i in ids], with_payload=True, with_vectors=with_vectors
+        )
+        by_id = {r.payload["ext_id"]: r for r in recs}
+        out = []
+        for i in ids:
+            r = by_id.get(i)
+            if r is not None:
+                vec = np.asarray(r.vector, dtype=np.float32) if with_vectors else None
+                out.append((Example(i, r.payload["text"], r.payload["label"]), vec))
+        return out
+
+    def search(
+        self, ref: Ref, vectors: np.ndarray, limit: int, with_text: bool = False, exact: bool = False
+    ) -> list[list[Hit]]:
+        m = self._m
+        if len(vectors) == 0:
+            return []
+        payload = [*_PAYLOAD, "text"] if with_text else _PAYLOAD
+        params = m.SearchParams(hnsw_ef=max(self.hnsw_ef, limit), exact=exact)
+        reqs = [m.QueryRequest(query=v.tolist(), limit=limit, with_payload=payload, params=params) for v in vectors]
+        res = self.client.query_batch_points(_physical(ref), requests=reqs)
+        return [
+            [Hit(p.payload["ext_id"], p.payload["label"], float(p.score), p.payload.get("text")) for p in r.points]
+            for r in res
+        ]
+
+    def scroll(
+        self, ref: Ref, batch_size: int = 1024, with_vectors: bool = False
+    ) -> Iterator[tuple[list[Example], np.ndarray | None]]:
+        offset = None
+        while True:
+            recs, offset = self.client.scroll(
+                _physical(ref), limit=batch_size, offset=offset, with_payload=True, with_vectors=with_vectors
+            )
+            if recs:
+                examples = [Example(r.payload["ext_id"], r.payload["text"], r.payload["label"]) for r in recs]
+                vecs = np.asarray([r.vector for r in recs], dtype=np.float32) if with_vectors else None
+                yield examples, vecs
+            if offset is None:
+                return
+
+    def count(self, ref: Ref) -> int:
+        return int(self.client.count(_physical(ref), exact=True).count)
+
+    def optimize(self, ref: Ref) -> None:
+        """The server builds its index in the background; nothing to do."""
+
+    def close(self) -> None:
+        self.client.close()

@@ -113,16 +113,25 @@ class Classifier:
         batch_size: int = 256,
         progress: Progress | None = None,
         optimize: bool = True,
+        skip_batches: int = 0,
+        on_batch: Callable[[int], None] | None = None,
+        create: bool = True,
     ) -> Ref:
-        """Embed and upsert; creates the collection (stamped with the encoder) if needed."""
-        if self.exists():
+        """Embed and upsert; creates the collection (stamped with the encoder) if needed.
+
+        `skip_batches` resumes after that many acknowledged batches; `on_batch(k)` runs once
+        batch k is durable. With `create=False` a missing collection is an error.
+        """
+        if self.exists() or not create:
             ref = self.ref()
             enc = self.encoder_for(self.meta(ref))
         else:
             enc = self.encoder_for(None)
             ref = self.store.create(self.collection, CollectionMeta(enc.identity, enc.source, enc.dim))
-        done = 0
-        for start in range(0, len(examples), batch_size):
+        done = min(len(examples), skip_batches * batch_size)
+        if progress and done:
+            progress(done)
+        for start in range(done, len(examples), batch_size):
             batch = examples[start : start + batch_size]
             try:
                 # Resume / re-import: examples already stored unchanged need no embedding.
@@ -136,6 +145,8 @@ class Classifier:
                     "re-run the same command to resume (ids are stable, nothing is duplicated)"
                 ) from None
             done += len(batch)
+            if on_batch:
+                on_batch(start // batch_size + 1)
             if progress:
                 progress(len(batch))
         if optimize:

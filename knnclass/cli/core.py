@@ -32,6 +32,27 @@ _IN = click.Path(exists=True, dir_okay=False, path_type=Path)
 @label_map_option
 @encoder_option
 @click.option("--batch-size", default=256, show_default=True, type=click.IntRange(1, 4096))
+@click.option(
+    "--shard",
+    "shard",
+    default=None,
+    metavar="I/N",
+    help="Index only shard I of N (deterministic by id; e.g. $(JOB_COMPLETION_INDEX)/4 in an Indexed Job).",
+)
+@click.option(
+    "--checkpoint-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Where acknowledged batches are recorded for resuming (default: STORE/checkpoints, "
+    "or ./knnclass-checkpoints with --qdrant-url).",
+)
+@click.option(
+    "--wait-collection",
+    default=300,
+    show_default=True,
+    type=click.IntRange(0, 86_400),
+    help="Seconds a shard other than 0 waits for shard 0 to create the collection.",
+)
 @store_options
 def index(
     tickets: Path,
@@ -41,17 +62,54 @@ def index(
     label_map: Path | None,
     encoder_dir: Path | None,
     batch_size: int,
+    shard: str | None,
+    checkpoint_dir: Path | None,
+    wait_collection: int,
     **so: Any,
 ) -> None:
-    """Bulk-index labelled TICKETS (CSV or JSONL). Re-running the same file is idempotent."""
+    """Bulk-index labelled TICKETS (CSV or JSONL). Re-running the same file is idempotent.
+
+    With --shard I/N only a deterministic 1/N of the file is indexed; acknowledged batches
+    are checkpointed, so a crashed run resumes where it stopped.
+    """
+    import time
+
     from tqdm import tqdm
 
-    examples = read_examples(tickets, text_col, label_col, id_col, load_label_map(label_map))
+    from ..jobs.shard import Checkpoint, parse_shard, select_shard
+
+    spec = parse_shard(shard or "0/1")
+    examples = select_shard(
+        read_examples(tickets, text_col, label_col, id_col, load_label_map(label_map)), spec, batch_size
+    )
     clf = open_classifier(encoder_dir=encoder_dir, create=True, **so)
+    default_dir = Path("knnclass-checkpoints") if so.get("qdrant_url") else so["store"] / "checkpoints"
+    ckpt = Checkpoint(checkpoint_dir or default_dir, tickets, spec, so["collection"], batch_size)
+    total = -(-len(examples) // batch_size)
     with clf.store:
-        with tqdm(total=len(examples), unit="ticket", desc="indexing", file=sys.stderr, mininterval=0.5) as bar:
-            ref = clf.index(examples, batch_size=batch_size, progress=bar.update)
+        create = spec.index == 0
+        deadline = time.monotonic() + wait_collection
+        while not create and not clf.exists() and time.monotonic() < deadline:
+            time.sleep(2)  # shard 0 creates the collection; the others wait for it
+        skip = ckpt.done_batches() if shard else 0
+        with tqdm(
+            total=len(examples),
+            unit="ticket",
+            desc=f"indexing {spec}" if shard else "indexing",
+            file=sys.stderr,
+            mininterval=0.5,
+        ) as bar:
+            ref = clf.index(
+                examples,
+                batch_size=batch_size,
+                progress=bar.update,
+                skip_batches=skip,
+                on_batch=(lambda k: ckpt.record(k, total)) if shard else None,
+                create=create,
+            )
         count = clf.store.count(ref)
+    if shard:
+        click.echo(f"shard {spec}: {len(examples)} examples ({skip} batches resumed from checkpoint)")
     click.echo(f"indexed {len(examples)} examples into {ref.name} ({ref.version}); collection holds {count}")
 
 

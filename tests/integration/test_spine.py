@@ -142,3 +142,32 @@ def test_serving_path_imports_no_torch(real_encoder, slices, tmp_path: Path) -> 
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=os.environ.copy())
     assert r.returncode == 0, r.stderr[-2000:]
     assert r.stdout.strip().endswith("clean")
+
+
+def test_cli_sharded_index_equals_unsharded(real_encoder, slices, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from knnclass.store.edge import EdgeStore
+
+    train, _ = slices
+    one, four = str(tmp_path / "one"), str(tmp_path / "four")
+    assert run("index", str(train), "--store", one)[0] == 0
+    for i in (0, 2, 1, 3):
+        code, out, err = run("index", str(train), "--store", four, "--shard", f"{i}/4")
+        assert code == 0, err
+        assert f"shard {i}/4" in out
+    code, out, _ = run("index", str(train), "--store", four, "--shard", "1/4")
+    assert "batches resumed from checkpoint" in out and " 0 batches resumed" not in out
+
+    def dump(path: str) -> dict:
+        st = EdgeStore(path)
+        ref = st.ref("tickets")
+        d = {
+            e.id: (e.label, np.round(v, 5).tolist())
+            for b, vs in st.scroll(ref, 256, with_vectors=True)
+            for e, v in zip(b, vs, strict=True)
+        }
+        st.close()
+        return d
+
+    assert dump(one) == dump(four)
+    code, _, err = run("index", str(train), "--store", four, "--shard", "4/4")
+    assert code != 0 and "need 0 <= I < N" in err

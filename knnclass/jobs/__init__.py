@@ -1,0 +1,1 @@
+"""Offline jobs: sharded bulk indexing."""

@@ -53,6 +53,7 @@ def encoder_option(f: F) -> F:
     return click.option(
         "--encoder",
         "encoder_dir",
+        envvar="KNNCLASS_ENCODER",
         type=click.Path(exists=True, file_okay=False, path_type=Path),
         default=None,
         help="Local sentence-transformers model dir or exported knnclass encoder dir "

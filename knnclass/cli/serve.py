@@ -75,9 +75,24 @@ def serve(
     )
     clf = open_classifier(encoder_dir=encoder_dir, create=False, **so)
     clf.ref()  # fail now, with a clear message, if the collection is missing
-    app = create_app(clf, settings)
     click.echo(f"serving {so['collection']} on http://{host}:{port} (docs at /docs)", err=True)
-    uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=30, access_log=False)
+    run = {"host": host, "port": port, "log_level": log_level, "timeout_graceful_shutdown": 30, "access_log": False}
+    if workers > 1:  # each worker process builds its own app from the environment
+        clf.store.close()
+        os.environ.update(
+            {
+                "KNNCLASS_STORE": str(so["store"]),
+                "KNNCLASS_COLLECTION": so["collection"],
+                "KNNCLASS_QDRANT_URL": so["qdrant_url"] or "",
+                "KNNCLASS_QDRANT_API_KEY": so["qdrant_api_key"] or "",
+                "KNNCLASS_MAX_IN_FLIGHT": str(max_in_flight),
+                "KNNCLASS_BATCH_WAIT_MS": str(batch_wait_ms),
+                **({"KNNCLASS_ENCODER": str(encoder_dir)} if encoder_dir else {}),
+            }
+        )
+        uvicorn.run("knnclass.service.factory:app_from_env", factory=True, workers=workers, **run)  # type: ignore[arg-type]
+        return
+    uvicorn.run(create_app(clf, settings), **run)  # type: ignore[arg-type]
 
 
 COMMANDS = [serve]

@@ -177,3 +177,16 @@ def test_workers_need_the_server_backend(store: Path) -> None:
         env=os.environ.copy(),
     )
     assert r.returncode != 0 and "--workers > 1 needs the server backend" in r.stderr
+
+
+def test_app_factory_reads_the_environment(store: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from fastapi.testclient import TestClient
+
+    from knnclass.service.factory import app_from_env
+
+    monkeypatch.setenv("KNNCLASS_STORE", str(store))
+    monkeypatch.setenv("KNNCLASS_READ_KEY", "r-key")
+    with TestClient(app_from_env()) as c:
+        assert c.post("/v1/classify", json={"text": "card not working"}).status_code == 401
+        r = c.post("/v1/classify", json={"text": "card not working"}, headers={"X-API-Key": "r-key"})
+        assert r.status_code == 200 and r.json()["predictions"][0]["label"]

@@ -70,10 +70,39 @@ class ExportSettings:
     quantize: str = "int8"  # int8 | none
     optimize: str | None = None  # O1 | O2 | O3 | O4 | None
     per_channel: bool = True
-    # MatMuls left in fp32: the FFN output projections see GELU outliers that int8 clips.
-    keep_fp32: str = "ffn_out"  # ffn_out | none
+    # MatMuls left in fp32 (see KEEP_FP32): the FFN output projections see GELU outliers
+    # that int8 clips; keeping the attention output projections too holds kNN accuracy.
+    keep_fp32: str = "ffn_out+att_out"
+    target: str = "auto"  # auto | avx512_vnni | avx2 | arm64
     min_cosine: float = 0.98
     mean_cosine: float = 0.995
+    max_knn_drop_pt: float = 0.3
+
+
+# Which MatMuls stay fp32, fastest variant first (measured on 2 AVX-512 VNNI cores).
+KEEP_FP32 = {
+    "none": lambda n: False,
+    "ffn_out": lambda n: "/output/dense" in n and "attention" not in n,
+    "ffn_out+att_out": lambda n: "/output/dense" in n,
+    "ffn_out+edge_layers": lambda n: ("/output/dense" in n and "attention" not in n) or "/layer.0/" in n,
+}
+
+
+def resolve_target(target: str) -> str:
+    """The CPU target for int8 kernels; 'auto' reads this machine's CPU flags."""
+    if target != "auto":
+        if target not in ("avx512_vnni", "avx2", "arm64"):
+            raise InputError(f"--target must be auto, avx512_vnni, avx2 or arm64, not {target!r}")
+        return target
+    import platform
+
+    if platform.machine().lower() in ("arm64", "aarch64"):
+        return "arm64"
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        flags = ""
+    return "avx512_vnni" if ("avx512_vnni" in flags or "avx512vnni" in flags) else "avx2"
 
 
 def _require_train() -> None:
@@ -152,21 +181,18 @@ def _export_onnx(src: Path, work: Path, settings: ExportSettings) -> Path:
         from onnxruntime.quantization import QuantType, quantize_dynamic
 
         out = work / "model_int8.onnx"
-        exclude: list[str] = []
-        if settings.keep_fp32 == "ffn_out":
-            graph = onnx.load(str(onnx_path), load_external_data=False).graph
-            exclude = [
-                n.name
-                for n in graph.node
-                if n.op_type == "MatMul" and "/output/dense" in n.name and "attention" not in n.name
-            ]
-        elif settings.keep_fp32 != "none":
-            raise InputError(f"keep_fp32 must be ffn_out or none, not {settings.keep_fp32!r}")
+        keep = KEEP_FP32.get(settings.keep_fp32)
+        if keep is None:
+            raise InputError(f"keep_fp32 must be one of {', '.join(KEEP_FP32)}, not {settings.keep_fp32!r}")
+        graph = onnx.load(str(onnx_path), load_external_data=False).graph
+        exclude = [n.name for n in graph.node if n.op_type == "MatMul" and keep(n.name)]
         quantize_dynamic(
             str(onnx_path),
             str(out),
             weight_type=QuantType.QInt8,
             per_channel=settings.per_channel,
+            # Without VNNI, u8 x s8 products can saturate the 16-bit accumulators: use 7 bits.
+            reduce_range=resolve_target(settings.target) == "avx2",
             op_types_to_quantize=["MatMul", "Gemm", "Attention"],
             nodes_to_exclude=exclude,
             extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
@@ -177,13 +203,36 @@ def _export_onnx(src: Path, work: Path, settings: ExportSettings) -> Path:
     return onnx_path
 
 
+def knn_accuracy(encoder: OnnxEncoder, data_dir: Path, k: int = 3) -> float:
+    """Banking77-style kNN accuracy (train -> test, majority of k, cosine) of an encoder."""
+    from ..data import read_examples
+    from ..voting import vote_batch
+
+    train = read_examples(data_dir / "train.csv")
+    test = read_examples(data_dir / "test.csv")
+    labels = sorted({e.label for e in train})
+    code = {lab: i for i, lab in enumerate(labels)}
+    a = encoder.embed([e.text for e in train])
+    b = encoder.embed([e.text for e in test])
+    sims = b @ a.T
+    top = np.argsort(-sims, axis=1)[:, :k]
+    codes = np.array([[code[train[j].label] for j in row] for row in top])
+    winner, _, _, _ = vote_batch(codes, np.take_along_axis(sims, top, axis=1), k, "majority", len(labels))
+    return float(np.mean([w >= 0 and labels[w] == e.label for w, e in zip(winner, test, strict=True)]))
+
+
 def export_encoder(
-    src: str | Path, out: str | Path, settings: ExportSettings | None = None, name: str | None = None
+    src: str | Path,
+    out: str | Path,
+    settings: ExportSettings | None = None,
+    name: str | None = None,
+    parity_data: Path | None = None,
 ) -> dict[str, Any]:
     """Export `src` (a local sentence-transformers dir) to `out`; returns the metadata.
 
     The dir appears atomically: it is built beside `out` and renamed into place only
-    after the parity gate passes.
+    after the parity gate passes. With `parity_data` (a dir with train.csv and test.csv)
+    a quantised export must also keep kNN accuracy within `max_knn_drop_pt` of fp32.
     """
     settings = settings or ExportSettings()
     src = Path(src).resolve()
@@ -224,14 +273,14 @@ def export_encoder(
             "model_file": "model.onnx",
             "dim": dim,
             "pad_id": int(tok.pad_token_id or 0),
-            "export": asdict(settings),
+            "export": {**asdict(settings), "target": resolve_target(settings.target)},
             **cfg,
         }
         (final / METADATA_FILE).write_text(json.dumps(meta, indent=2))
         reference = st.encode(PARITY_SENTENCES, normalize_embeddings=True, convert_to_numpy=True)
         got = OnnxEncoder(final).embed(PARITY_SENTENCES)
         cos = np.sum(reference * got, axis=1) / np.linalg.norm(reference, axis=1)
-        parity = {
+        parity: dict[str, Any] = {
             "n_sentences": len(PARITY_SENTENCES),
             "cosine_min": round(float(cos.min()), 5),
             "cosine_mean": round(float(cos.mean()), 5),
@@ -243,6 +292,24 @@ def export_encoder(
                 f"export of {name} failed the parity gate: cosine min {parity['cosine_min']} "
                 f"(need >= {settings.min_cosine}), mean {parity['cosine_mean']} (need >= {settings.mean_cosine})"
             )
+        if parity_data is not None and settings.quantize != "none":
+            ref_dir = work / "fp32-encoder"
+            shutil.copytree(final, ref_dir)
+            shutil.copy2(work / "build" / "fp32" / "model.onnx", ref_dir / "model.onnx")
+            acc32 = knn_accuracy(OnnxEncoder(ref_dir), Path(parity_data))
+            acc = knn_accuracy(OnnxEncoder(final), Path(parity_data))
+            parity.update(
+                knn_data=Path(parity_data).name,
+                knn_accuracy_fp32=round(acc32, 5),
+                knn_accuracy=round(acc, 5),
+                knn_drop_pt=round((acc32 - acc) * 100, 3),
+            )
+            if parity["knn_drop_pt"] > settings.max_knn_drop_pt:
+                raise ExportError(
+                    f"export of {name} failed the parity gate: kNN accuracy {acc:.4f} is "
+                    f"{parity['knn_drop_pt']} points below fp32 ({acc32:.4f}); allowed {settings.max_knn_drop_pt}"
+                )
+        meta["export_seconds"] = round(time.perf_counter() - t0, 1)
         (final / METADATA_FILE).write_text(json.dumps(meta, indent=2))
         if out.exists():
             shutil.rmtree(out)
@@ -250,3 +317,24 @@ def export_encoder(
         return meta
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def export_best(
+    src: str | Path, out: str | Path, settings: ExportSettings, name: str | None = None, parity_data: Path | None = None
+) -> dict[str, Any]:
+    """The fastest int8 variant that passes the parity gate (or fp32 with --quantize none)."""
+    from dataclasses import replace
+
+    if settings.quantize == "none":
+        return export_encoder(src, out, settings, name, parity_data)
+    failures = []
+    for keep in ("ffn_out", "ffn_out+att_out", "ffn_out+edge_layers"):
+        try:
+            meta = export_encoder(src, out, replace(settings, keep_fp32=keep), name, parity_data)
+        except ExportError as e:
+            failures.append(f"{keep}: {e}")
+            continue
+        meta["rejected_variants"] = failures
+        Path(out, METADATA_FILE).write_text(json.dumps(meta, indent=2))
+        return meta
+    raise ExportError("no int8 variant passed the parity gate (use --quantize none): " + "; ".join(failures))

@@ -171,3 +171,19 @@ def test_cli_sharded_index_equals_unsharded(real_encoder, slices, tmp_path: Path
     assert dump(one) == dump(four)
     code, _, err = run("index", str(train), "--store", four, "--shard", "4/4")
     assert code != 0 and "need 0 <= I < N" in err
+
+
+def test_embed_cli_json(real_encoder, slices, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    import json as _json
+
+    train, _ = slices
+    out = tmp_path / "v.npy"
+    code, stdout, err = run("embed", str(train), "--encoder", real_encoder.source, "--output", str(out), "--json")
+    assert code == 0, err
+    stats = _json.loads(stdout)
+    assert stats["n"] == CLASSES * 40 and stats["seconds"] > 0 and stats["texts_per_s"] > 0
+    v = np.load(out)
+    assert v.shape == (CLASSES * 40, 384) and v.dtype == np.float32
+    assert np.allclose(np.linalg.norm(v, axis=1), 1, atol=1e-5)
+    first = next(csv.DictReader(train.open()))["text"]
+    assert float(v[0] @ real_encoder.embed([first])[0]) > 0.98  # input order kept

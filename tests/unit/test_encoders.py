@@ -1,0 +1,60 @@
+"""Encoder plumbing that needs no model: providers, targets, fake encoder, metadata errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from knnclass.encoders import FakeEncoder, OnnxEncoder
+from knnclass.encoders.export import KEEP_FP32, resolve_target
+from knnclass.encoders.onnx import select_providers
+from knnclass.errors import DependencyError, EncoderError, InputError
+
+
+def test_cpu_is_the_default_and_cuda_is_chosen_only_when_available() -> None:
+    assert select_providers("cpu", ["CUDAExecutionProvider", "CPUExecutionProvider"]) == ["CPUExecutionProvider"]
+    assert select_providers("cuda", ["CUDAExecutionProvider", "CPUExecutionProvider"]) == [
+        "CUDAExecutionProvider",
+        "CPUExecutionProvider",
+    ]
+    assert select_providers("auto", ["CUDAExecutionProvider", "CPUExecutionProvider"])[0] == "CUDAExecutionProvider"
+    assert select_providers("auto", ["CPUExecutionProvider"]) == ["CPUExecutionProvider"]
+    with pytest.raises(DependencyError, match="onnxruntime-gpu"):
+        select_providers("cuda", ["CPUExecutionProvider"])
+    with pytest.raises(InputError):
+        select_providers("tpu", ["CPUExecutionProvider"])
+
+
+def test_targets() -> None:
+    for t in ("avx512_vnni", "avx2", "arm64"):
+        assert resolve_target(t) == t
+    assert resolve_target("auto") in ("avx512_vnni", "avx2", "arm64")
+    with pytest.raises(InputError):
+        resolve_target("sse2")
+
+
+def test_keep_fp32_variants_select_the_right_matmuls() -> None:
+    ffn = "/encoder/layer.3/output/dense/MatMul"
+    att = "/encoder/layer.3/attention/output/dense/MatMul"
+    q = "/encoder/layer.3/attention/self/query/MatMul"
+    assert [KEEP_FP32["ffn_out"](n) for n in (ffn, att, q)] == [True, False, False]
+    assert [KEEP_FP32["ffn_out+att_out"](n) for n in (ffn, att, q)] == [True, True, False]
+    assert not any(KEEP_FP32["none"](n) for n in (ffn, att, q))
+
+
+def test_fake_encoder_is_deterministic_and_normalised() -> None:
+    enc = FakeEncoder(dim=16, topics=["card"])
+    a, b = enc.embed(["my card", "other"]), enc.embed(["my card", "other"])
+    assert np.array_equal(a, b) and np.allclose(np.linalg.norm(a, axis=1), 1)
+    assert float(a[0] @ enc.embed(["card again"])[0]) > float(a[0] @ a[1])
+    assert enc.embed([]).shape == (0, 16)
+
+
+def test_not_an_encoder_dir(tmp_path: Path) -> None:
+    with pytest.raises(EncoderError, match="not a knnclass encoder dir"):
+        OnnxEncoder(tmp_path)
+    (tmp_path / "knnclass-encoder.json").write_text("{}")
+    with pytest.raises(EncoderError, match="lacks"):
+        OnnxEncoder(tmp_path)

@@ -45,9 +45,14 @@ def load_encoder(spec: str | Path | None = None, device: str = "cpu", threads: i
         return OnnxEncoder(src, device=device, threads=threads)
     if not (src / "config.json").exists():
         raise InputError(f"encoder {src}: neither a knnclass encoder dir nor a sentence-transformers model dir")
+    import hashlib
+    import json
+    from dataclasses import asdict
+
     settings = ExportSettings()
     name = "all-MiniLM-L6-v2" if spec is None else src.resolve().name
-    target = cache_dir() / "encoders" / f"{name}-{source_fingerprint(src)}-{settings.quantize}"
+    how = hashlib.sha256(json.dumps(asdict(settings), sort_keys=True).encode()).hexdigest()[:8]
+    target = cache_dir() / "encoders" / f"{name}-{source_fingerprint(src)}-{settings.quantize}-{how}"
     if not (target / METADATA_FILE).exists():
         export_encoder(src, target, settings, name=name)
     return OnnxEncoder(target, device=device, threads=threads)

@@ -24,7 +24,7 @@ from ._common import encoder_option, open_classifier, store_options
 )
 @click.option(
     "--max-in-flight",
-    default=64,
+    default=8,
     show_default=True,
     type=click.IntRange(1, 100_000),
     help="Requests in progress beyond which /v1 answers 429.",

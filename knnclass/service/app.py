@@ -35,7 +35,8 @@ class ServiceSettings:
     api_key: str | None = None
     read_key: str | None = None
     max_body_bytes: int = 1 << 20
-    max_in_flight: int = 64
+    # Beyond this many /v1 requests in progress, answer 429: keeps accepted latency near idle.
+    max_in_flight: int = 8
     retry_after_s: int = 1
     max_batch: int = 64
     batch_wait_ms: float = 0.0

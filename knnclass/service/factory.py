@@ -26,7 +26,7 @@ def app_from_env() -> FastAPI:
     settings = ServiceSettings(
         api_key=env("KNNCLASS_API_KEY") or None,
         read_key=env("KNNCLASS_READ_KEY") or None,
-        max_in_flight=int(env("KNNCLASS_MAX_IN_FLIGHT", "64")),
+        max_in_flight=int(env("KNNCLASS_MAX_IN_FLIGHT", "8")),
         batch_wait_ms=float(env("KNNCLASS_BATCH_WAIT_MS", "0")),
     )
     return create_app(clf, settings)

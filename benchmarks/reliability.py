@@ -1,0 +1,407 @@
+"""Reliability figures (long variants of tests/integration/test_reliability.py and the service tests).
+
+Loopback only; every loop is bounded in count and time. Writes benchmarks/results/reliability.{json,md}.
+
+    python benchmarks/reliability.py [--n 100000] [--kills 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import itertools
+import json
+import os
+import random
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from _common import RESULTS, banking_rows, pct, save
+
+from tests.fuzz_http import run_fuzz
+from tests.integration._server import Server
+
+KNN = [sys.executable, "-m", "knnclass"]
+
+
+def _csv(path: Path, n: int) -> Path:
+    rows = banking_rows()
+    with path.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["text", "category"])
+        for i in range(n):
+            r = rows[i % len(rows)]
+            w.writerow([r["text"] if i < len(rows) else f"{r['text']} (ticket {i // len(rows)})", r["category"]])
+    return path
+
+
+def _info(store: Path) -> dict[str, Any]:
+    r = subprocess.run([*KNN, "info", "--store", str(store), "--json"], capture_output=True, text=True, check=True)
+    return dict(json.loads(r.stdout))
+
+
+def kill_during_index(work: Path, n: int, kills: int) -> dict[str, Any]:
+    src = _csv(work / "bulk.csv", n)
+    store = work / "bulk-store"
+    rng = random.Random(3)
+    killed, counts = 0, []
+    for _ in range(kills):
+        p = subprocess.Popen(
+            [*KNN, "index", str(src), "--store", str(store)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        time.sleep(rng.uniform(2.0, 12.0))
+        if p.poll() is None:
+            p.send_signal(signal.SIGKILL)
+            killed += 1
+        p.wait()
+        if (store / "collections" / "tickets" / "CURRENT").exists():
+            t0 = time.perf_counter()
+            counts.append(_info(store)["count"])
+            ready_s = time.perf_counter() - t0
+        else:
+            counts.append(0)
+            ready_s = 0.0
+    monotonic = all(b >= a for a, b in itertools.pairwise(counts))
+    subprocess.run([*KNN, "index", str(src), "--store", str(store)], capture_output=True, check=True)
+    final = _info(store)["count"]
+    return {
+        "n": n,
+        "kills": killed,
+        "counts_after_each_kill": counts,
+        "never_lost_acknowledged": monotonic,
+        "final_count": final,
+        "exact": final == n,
+        "reopen_after_kill_s": round(ready_s, 2),
+    }
+
+
+def service_scenarios(work: Path, base: Path) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    rows = banking_rows()
+    # 10. /livez while 10k examples are added (and the index grows)
+    store = work / "svc1"
+    shutil.copytree(base, store)
+    s = Server(store)
+    s.wait_ready()
+    lat: list[float] = []
+    done = threading.Event()
+
+    def probe() -> None:
+        with httpx.Client(timeout=10) as c:
+            while not done.is_set():
+                t0 = time.perf_counter()
+                c.get(s.url + "/livez")
+                lat.append(time.perf_counter() - t0)
+                time.sleep(0.01)
+
+    th = threading.Thread(target=probe)
+    th.start()
+    t0 = time.perf_counter()
+    with httpx.Client(timeout=120) as c:
+        for b in range(0, 10_000, 256):
+            ex = [
+                {"text": rows[i]["text"] + f" [live {i}]", "label": rows[i]["category"]}
+                for i in range(b, min(b + 256, 10_000))
+            ]
+            assert c.post(s.url + "/v1/examples", json={"examples": ex}).status_code == 200
+    add_s = time.perf_counter() - t0
+    done.set()
+    th.join()
+    out["livez_during_10k_adds"] = {
+        "adds_s": round(add_s, 1),
+        "probes": len(lat),
+        "p50_ms": pct(lat, 50) * 1e3,
+        "p99_ms": pct(lat, 99) * 1e3,
+        "max_ms": max(lat) * 1e3,
+    }
+    # 6. fuzz
+    t0 = time.perf_counter()
+    with httpx.Client(base_url=s.url, timeout=30) as c:
+        codes = run_fuzz(c, 10_000, seed=11)
+        alive = c.get("/livez").status_code == 200
+    out["fuzz"] = {
+        "requests": sum(codes.values()),
+        "codes": dict(sorted(codes.items())),
+        "5xx": sum(v for k, v in codes.items() if k >= 500),
+        "alive_after": alive,
+        "seconds": round(time.perf_counter() - t0, 1),
+    }
+    s.stop()
+    out["overload"] = overload(store)
+    queries = [r["text"] for r in rows[:400]]
+    lock = threading.Lock()
+    # 9. SIGTERM under load
+    s = Server(store)
+    s.wait_ready()
+    results: list[Any] = []
+
+    def call() -> None:
+        try:
+            with httpx.Client(timeout=60) as c:
+                results.append(c.post(s.url + "/v1/classify", json={"texts": queries[:64]}).status_code)
+        except httpx.HTTPError as e:
+            results.append(type(e).__name__)
+
+    ths = [threading.Thread(target=call) for _ in range(32)]
+    for t in ths:
+        t.start()
+    time.sleep(0.3)
+    s.proc.send_signal(signal.SIGTERM)
+    for t in ths:
+        t.join()
+    s.proc.wait(60)
+    out["sigterm_under_load"] = {
+        "in_flight": len(results),
+        "ok": results.count(200),
+        "failures": len([r for r in results if r != 200]),
+    }
+    # 2. kill -9 during live adds
+    s = Server(store)
+    s.wait_ready()
+    acked: list[str] = []
+    stop_w = threading.Event()
+
+    def writer(w: int) -> None:
+        i = 0
+        with httpx.Client(timeout=30) as c:
+            while not stop_w.is_set():
+                batch = [
+                    {"id": f"k{w}-{i + j}", "text": f"ticket {w}/{i + j} about a refund", "label": "refund"}
+                    for j in range(8)
+                ]
+                try:
+                    r = c.post(s.url + "/v1/examples", json={"examples": batch})
+                except httpx.HTTPError:
+                    return
+                if r.status_code == 200:
+                    with lock:
+                        acked.extend(e["id"] for e in batch)
+                i += 8
+
+    ths = [threading.Thread(target=writer, args=(w,)) for w in range(4)]
+    for t in ths:
+        t.start()
+    time.sleep(5)
+    s.proc.kill()
+    s.proc.wait()
+    stop_w.set()
+    for t in ths:
+        t.join()
+    t0 = time.perf_counter()
+    s = Server(store)
+    s.wait_ready()
+    ready_s = time.perf_counter() - t0
+    with httpx.Client(timeout=30) as c:
+        missing = sum(c.get(f"{s.url}/v1/examples/{i}").status_code != 200 for i in acked)
+    s.stop()
+    out["kill9_during_live_adds"] = {
+        "acknowledged": len(acked),
+        "missing_after_restart": missing,
+        "restart_ready_s": round(ready_s, 2),
+    }
+    return out
+
+
+def overload(store: Path) -> dict[str, Any]:
+    """8. A bounded flood against a server with the default in-flight limit."""
+    rows = banking_rows()
+    lock = threading.Lock()
+    s = Server(store)
+    s.wait_ready()
+    queries = [r["text"] for r in rows[:400]]
+    with httpx.Client(timeout=30) as c:
+        idle = []
+        for q in queries[:200]:
+            t0 = time.perf_counter()
+            c.post(s.url + "/v1/classify", json={"text": q})
+            idle.append(time.perf_counter() - t0)
+    rss_before = _rss(s.proc.pid)
+    idle_hist_end = _server_hist(s.url)
+    accepted: list[float] = []
+    rejected = [0]
+    retry_after = set()
+    lock = threading.Lock()
+    stop = time.perf_counter() + 15
+
+    def flood(k: int) -> None:
+        with httpx.Client(timeout=30) as c:
+            i = k
+            while time.perf_counter() < stop:
+                t0 = time.perf_counter()
+                r = c.post(s.url + "/v1/classify", json={"text": queries[i % 400]})
+                dt = time.perf_counter() - t0
+                with lock:
+                    if r.status_code == 200:
+                        accepted.append(dt)
+                    elif r.status_code == 429:
+                        rejected[0] += 1
+                        retry_after.add(r.headers.get("retry-after"))
+                if r.status_code == 429:  # a well-behaved client waits as told
+                    time.sleep(float(r.headers.get("retry-after", "1")))
+                i += 1
+
+    ths = [threading.Thread(target=flood, args=(k,)) for k in range(96)]
+    for t in ths:
+        t.start()
+    for t in ths:
+        t.join()
+    rss_after = _rss(s.proc.pid)
+    flood_hist = _server_hist(s.url)
+    result = {
+        "server_idle_p99_ms_bucket": _hist_p99_ms({}, idle_hist_end),
+        "server_accepted_p99_ms_bucket": _hist_p99_ms(idle_hist_end, flood_hist),
+        "clients": 96,
+        "seconds": 15,
+        "accepted": len(accepted),
+        "rejected_429": rejected[0],
+        "retry_after": sorted(x for x in retry_after if x),
+        "idle_p99_ms": pct(idle, 99) * 1e3,
+        "accepted_p99_ms": pct(accepted, 99) * 1e3 if accepted else None,
+        "rss_mb_before": rss_before,
+        "rss_mb_after": rss_after,
+    }
+    s.stop()
+    return result
+
+
+def _server_hist(url: str) -> dict[float, float]:
+    """Cumulative bucket counts of accepted POST /v1/classify requests (429s are not in it)."""
+    out: dict[float, float] = {}
+    for line in httpx.get(url + "/metrics").text.splitlines():
+        if (
+            line.startswith("knnclass_request_seconds_bucket")
+            and 'route="/v1/classify"' in line
+            and 'method="POST"' in line
+        ):
+            le = line.split('le="')[1].split('"')[0]
+            out[float("inf") if le == "+Inf" else float(le)] = float(line.rsplit(" ", 1)[1])
+    return out
+
+
+def _hist_p99_ms(before: dict[float, float], after: dict[float, float]) -> float:
+    """Upper bucket bound holding the 99th percentile of the requests between two scrapes."""
+    delta = sorted((le, after[le] - before.get(le, 0.0)) for le in after)
+    total = delta[-1][1]
+    return next(le for le, n in delta if n >= 0.99 * total) * 1e3
+
+
+def _rss(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return round(int(line.split()[1]) / 1024, 1)
+    return float("nan")
+
+
+def lock_timing(work: Path) -> dict[str, Any]:
+    from knnclass.store.edge import EdgeStore
+
+    st = EdgeStore(work / "lock-store")
+    took = []
+    for _ in range(5):
+        t0 = time.perf_counter()
+        r = subprocess.run([*KNN, "info", "--store", str(work / "lock-store")], capture_output=True, text=True)
+        took.append(time.perf_counter() - t0)
+        assert r.returncode != 0 and f"process {os.getpid()}" in r.stderr
+    st.close()
+    return {"tries": 5, "max_s_including_python_start": round(max(took), 2), "names_holder": True}
+
+
+def reimport(work: Path) -> dict[str, Any]:
+    src = _csv(work / "re.csv", 10_003)
+    store = work / "re-store"
+    counts, rules = [], []
+    for _ in range(3):
+        subprocess.run([*KNN, "index", str(src), "--store", str(store)], capture_output=True, check=True)
+        subprocess.run([*KNN, "tune", "--store", str(store)], capture_output=True, check=True)
+        info = _info(store)
+        counts.append(info["count"])
+        rules.append(info["rule"])
+    return {"counts": counts, "rules_identical": all(r == rules[0] for r in rules)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--n", type=int, default=100_000)
+    ap.add_argument("--kills", type=int, default=10)
+    ap.add_argument("--only-overload", action="store_true", help="re-run scenario 8 and update the saved results")
+    args = ap.parse_args()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (4096, 4096))
+    work = Path(tempfile.mkdtemp(prefix="knnclass-rel-"))
+    base = work / "base"
+    subprocess.run(
+        [*KNN, "index", str(_csv(work / "base.csv", 10_003)), "--store", str(base)], capture_output=True, check=True
+    )
+    subprocess.run([*KNN, "tune", "--store", str(base)], capture_output=True, check=True)
+    if args.only_overload:
+        res = json.loads((RESULTS / "reliability.json").read_text())
+        shutil.copytree(base, work / "svc1")
+        res["overload"] = overload(work / "svc1")
+    else:
+        res = {"command": f"python benchmarks/reliability.py --n {args.n} --kills {args.kills}"}
+        res["lock"] = lock_timing(work)
+        res["reimport_x3"] = reimport(work)
+        res.update(service_scenarios(work, base))
+        res["kill9_during_index"] = kill_during_index(work, args.n, args.kills)
+    print(json.dumps(res, indent=2))
+    k, lv, fz, ov, sg, kl = (
+        res["kill9_during_index"],
+        res["livez_during_10k_adds"],
+        res["fuzz"],
+        res["overload"],
+        res["sigterm_under_load"],
+        res["kill9_during_live_adds"],
+    )
+    table = "\n".join(
+        [
+            f"Command: `{res['command']}` (2 cores, loopback only).",
+            "",
+            "| # | scenario | tried | result | goal |",
+            "| --- | --- | --- | --- | --- |",
+            f"| 1 | kill -9 of `knnclass index` during a {k['n']:,}-example bulk index, then resume | {k['kills']} kills at random points | "
+            f"counts after kills {k['counts_after_each_kill']} (never decreasing); final count {k['final_count']:,} "
+            f"({'exact' if k['exact'] else 'NOT exact'}); reopen after kill {k['reopen_after_kill_s']} s | 0 lost, 0 duplicates, ready ≤ 10 s |",
+            f"| 2 | kill -9 of the service during live adds (4 writers) | {kl['acknowledged']} acknowledged adds | "
+            f"{kl['missing_after_restart']} missing after restart; ready again in {kl['restart_ready_s']} s | every 2xx add kept |",
+            f"| 3 | second process opens the same store | 5 tries | refused in ≤ {res['lock']['max_s_including_python_start']} s "
+            "(Python start included), message names the holder's pid | clear error ≤ 1 s |",
+            "| 4 | corrupt / foreign store (truncated segment files, missing shard config, garbage marker, dangling pointer, "
+            "wrong encoder stamp, foreign dir) | tests/integration/test_reliability.py, tests/unit/test_classifier.py | "
+            "refused with a clear message; nothing recreated or removed | never silently recreated |",
+            "| 5 | disk full during index (100 MiB tmpfs) | test_disk_full_during_index | clear error naming how many were stored; "
+            "store reopens with exactly those; re-run completes | clear error, acknowledged data kept |",
+            f"| 6 | HTTP fuzz (wrong types, huge numbers, deep JSON, bad UTF-8, control chars, >1 MiB, 10k batches) | "
+            f"{fz['requests']:,} requests | codes {fz['codes']}; **{fz['5xx']} × 5xx**; alive: {fz['alive_after']} | 0 × 5xx |",
+            "| 7 | CLI input fuzz (missing/extra columns, empty labels, BOM, mixed encodings, 10 MB field) | "
+            "300 hypothesis cases + unit tests | clear error or documented handling; nothing stored for a failing file | clear error |",
+            f"| 8 | overload: {ov['clients']} clients × {ov['seconds']} s flood | {ov['accepted'] + ov['rejected_429']:,} requests | "
+            f"{ov['rejected_429']:,} × 429 (Retry-After {ov['retry_after']}); accepted p99 {ov['accepted_p99_ms']:.1f} ms vs idle p99 "
+            f"{ov['idle_p99_ms']:.1f} ms as the 96 client threads see it; server-side p99 ≤ {ov['server_accepted_p99_ms_bucket']:.0f} ms vs "
+            f"≤ {ov['server_idle_p99_ms_bucket']:.0f} ms idle (histogram bucket bounds; one text per request; clients honour Retry-After); RSS {ov['rss_mb_before']} → {ov['rss_mb_after']} MB | 429 + Retry-After, memory bounded |",
+            f"| 9 | SIGTERM under load | {sg['in_flight']} in-flight requests | {sg['ok']} ok, **{sg['failures']} failures**; store flushed and closed | 0 failures |",
+            f"| 10 | `/livez` while 10k examples are added over HTTP | {lv['probes']} probes over {lv['adds_s']} s | "
+            f"p50 {lv['p50_ms']:.1f} ms, **p99 {lv['p99_ms']:.1f} ms**, max {lv['max_ms']:.1f} ms | p99 < 200 ms |",
+            "| 11 | auth: missing / wrong / read-only key on writes; keys in logs or bodies | tests/unit/test_service.py::test_auth | "
+            "401 / 403 / 403; no key in logs or error bodies; hmac.compare_digest | rejected, never leaked |",
+            f"| 12 | idempotent re-import × 3 (10,003 tickets) | 3 runs | counts {res['reimport_x3']['counts']}; "
+            f"tuned rule identical: {res['reimport_x3']['rules_identical']} | exact count, no drift |",
+        ]
+    )
+    save("reliability", res, table)
+    print(table)
+
+
+if __name__ == "__main__":
+    main()

@@ -221,17 +221,18 @@ class Classifier:
         return Prediction(d.label, d.confidence, d.abstained, d.reason, nbs, d.votes)
 
     # --- tuning and evaluation ---------------------------------------------------------
-    def _loo_hits(self, ref: Ref, batch_size: int = 512) -> tuple[list[str], list[list[Hit]]]:
-        truth: list[str] = []
-        hits: list[list[Hit]] = []
+    def loo_neighbours(
+        self, ref: Ref, limit: int | None = None, batch_size: int = 512
+    ) -> list[tuple[Example, list[Hit]]]:
+        """Every stored example with its nearest neighbours, itself left out."""
         n_indexed = self.store.count(ref)
-        limit = min(K_MAX, max(1, n_indexed - 1)) + 1
+        limit = min(limit or K_MAX, max(1, n_indexed - 1)) + 1
+        out: list[tuple[Example, list[Hit]]] = []
         for examples, vecs in self.store.scroll(ref, batch_size, with_vectors=True):
             assert vecs is not None
             for e, row in zip(examples, self.store.search(ref, vecs, limit), strict=True):
-                truth.append(e.label)
-                hits.append([h for h in row if h.id != e.id][: limit - 1])
-        return truth, hits
+                out.append((e, [h for h in row if h.id != e.id][: limit - 1]))
+        return out
 
     def tune(self, validation: Sequence[Example] | None = None, unknown_label: str | None = None) -> TuningResult:
         """Pick the rule (leave-one-out without `validation`) and stamp it on the collection."""
@@ -243,7 +244,8 @@ class Classifier:
         if validation is None:
             if unknown_label is not None:
                 raise InputError("--unknown-label needs --validation (indexed examples are all in scope)")
-            truth, hits = self._loo_hits(ref)
+            pairs = self.loo_neighbours(ref)
+            truth, hits = [e.label for e, _ in pairs], [h for _, h in pairs]
             mode = "leave-one-out"
         else:
             enc = self.encoder_for(meta)

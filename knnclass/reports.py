@@ -1,0 +1,338 @@
+"""Why the classifier errs and which labels are suspect: reports, suspects, duplicates, drift."""
+
+from __future__ import annotations
+
+import csv
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .classifier import Classifier
+from .data import Example
+from .errors import DependencyError, ExampleNotFoundError, InputError
+from .metrics import score_predictions
+from .tuning import K_GRID, K_MAX, PCT_GRID, hits_to_arrays
+from .voting import k_for_percent, vote_batch
+
+__all__ = ["REPORT_FILES", "Suspect", "apply_relabels", "drift", "find_duplicates", "find_suspects", "write_report"]
+
+REPORT_FILES = ("report.md", "confusions.png", "accuracy_vs_k.png", "confidence.png", "threshold.png")
+
+
+@dataclass(frozen=True)
+class Suspect:
+    """An example whose label most of its neighbours contradict."""
+
+    id: str
+    label: str
+    suggested_label: str
+    margin: float
+    agreement: float
+    text: str
+    neighbours: list[dict[str, Any]]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def find_suspects(clf: Classifier, k: int = 10, min_agreement: float = 0.5, limit: int | None = None) -> list[Suspect]:
+    """Leave-one-out: examples whose similarity-weighted neighbour vote picks another label.
+
+    margin = weight share of the suggested label minus that of the example's own label.
+    """
+    ref = clf.ref()
+    out = []
+    for e, hits in clf.loo_neighbours(ref, limit=k):
+        weights: dict[str, float] = {}
+        for h in hits:
+            weights[h.label] = weights.get(h.label, 0.0) + max(h.score, 0.0)
+        total = sum(weights.values())
+        if not total:
+            continue
+        best, w = max(weights.items(), key=lambda kv: (kv[1], kv[0]))
+        if best == e.label or w / total < min_agreement:
+            continue
+        nbs = [{"id": h.id, "label": h.label, "score": round(h.score, 4)} for h in hits]
+        out.append(Suspect(e.id, e.label, best, (w - weights.get(e.label, 0.0)) / total, w / total, e.text, nbs))
+    out.sort(key=lambda s: (-s.margin, s.id))
+    return out[:limit] if limit else out
+
+
+def apply_relabels(clf: Classifier, path: Path) -> int:
+    """Apply reviewed corrections (CSV: id,label) through the live relabel path; all ids checked first."""
+    from .data import _rows
+
+    header, rows = _rows(path)
+    if "id" not in header or "label" not in header:
+        raise InputError(f"{path}: needs columns id,label (has {', '.join(header)})")
+    pairs = [(r["id"].strip(), r["label"].strip()) for r in rows]
+    if not pairs or any(not i or not lab for i, lab in pairs):
+        raise InputError(f"{path}: every row needs an id and a label")
+    ref = clf.ref()
+    found = {e.id for e, _ in clf.store.retrieve(ref, [i for i, _ in pairs])}
+    missing = [i for i, _ in pairs if i not in found]
+    if missing:
+        raise ExampleNotFoundError(
+            f"{path}: {len(missing)} ids are not in the collection (first: {missing[0]!r}); nothing changed"
+        )
+    for i, lab in pairs:
+        clf.relabel(i, lab, ref)
+    return len(pairs)
+
+
+def find_duplicates(clf: Classifier, threshold: float = 0.98) -> list[dict[str, Any]]:
+    """Pairs of stored examples at cosine >= threshold; pairs with conflicting labels first."""
+    if not 0 < threshold <= 1:
+        raise InputError("--threshold must be in (0, 1]")
+    ref = clf.ref()
+    seen: set[tuple[str, str]] = set()
+    out: list[dict[str, Any]] = []
+    for e, hits in clf.loo_neighbours(ref, limit=5):
+        for h in hits:
+            if h.score < threshold:
+                break
+            key = (e.id, h.id) if e.id < h.id else (h.id, e.id)
+            if key in seen:
+                continue
+            seen.add(key)
+            out.append(
+                {
+                    "a": e.id,
+                    "b": h.id,
+                    "label_a": e.label,
+                    "label_b": h.label,
+                    "score": round(h.score, 5),
+                    "conflict": e.label != h.label,
+                    "text_a": e.text,
+                }
+            )
+    out.sort(key=lambda d: (not d["conflict"], -float(d["score"])))
+    return out
+
+
+def drift(clf: Classifier, texts: Sequence[str], quantile: float = 5.0) -> dict[str, Any]:
+    """Nearest-neighbour similarity of new tickets vs the history's own (leave-one-out) distribution.
+
+    A new ticket is flagged as a possible new topic when its nearest stored example is
+    less similar than `quantile` % of stored examples are to theirs.
+    """
+    ref = clf.ref()
+    history = np.array([hits[0].score for _, hits in clf.loo_neighbours(ref, limit=1) if hits])
+    if len(history) == 0:
+        raise InputError("the collection needs at least 2 examples")
+    enc = clf.encoder_for(clf.meta(ref))
+    new_hits = clf.store.search(ref, enc.embed(list(texts)), 1)
+    new = np.array([h[0].score if h else 0.0 for h in new_hits])
+    cut = float(np.percentile(history, quantile))
+    qs = [5, 25, 50, 75, 95]
+    flagged = [
+        {"text": t, "nearest_similarity": round(float(s), 4), "nearest_label": h[0].label if h else None}
+        for t, s, h in zip(texts, new, new_hits, strict=True)
+        if s < cut
+    ]
+    return {
+        "n_new": len(texts),
+        "n_history": len(history),
+        "history_quantiles": {q: round(float(np.percentile(history, q)), 4) for q in qs},
+        "new_quantiles": {q: round(float(np.percentile(new, q)), 4) for q in qs},
+        "new_topic_cutoff": round(cut, 4),
+        "flagged_share": len(flagged) / len(texts),
+        "expected_share": quantile / 100,
+        "flagged": sorted(flagged, key=lambda d: d["nearest_similarity"]),
+    }
+
+
+def _plt() -> Any:
+    try:
+        import matplotlib
+    except ImportError:
+        raise DependencyError("reports need matplotlib: pip install 'knnclass[train]'") from None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def write_report(
+    clf: Classifier, examples: Sequence[Example], out: Path, positive_label: str | None = None
+) -> dict[str, Any]:
+    """report.md + PNGs for a labelled test set, with the collection's tuned rule."""
+    plt = _plt()
+    out.mkdir(parents=True, exist_ok=True)
+    ref = clf.ref()
+    meta = clf.meta(ref)
+    rule = clf.rule(meta)
+    enc = clf.encoder_for(meta)
+    n_indexed = clf.store.count(ref)
+    truth = [e.label for e in examples]
+    hits = clf.store.search(ref, enc.embed([e.text for e in examples]), min(K_MAX, n_indexed))
+    labels = sorted({h.label for row in hits for h in row} | set(truth))
+    codes, scores = hits_to_arrays(hits, labels, max(len(r) for r in hits))
+    k = min(rule.k(n_indexed), K_MAX)
+    win, conf, _, _ = vote_batch(codes, scores, k, rule.vote, len(labels))
+    base = [labels[w] if w >= 0 else None for w in win]
+    pred = [p if c >= rule.threshold else None for p, c in zip(base, conf, strict=True)]
+    m = score_predictions(truth, pred)
+    files: dict[str, str] = {}
+
+    # confusions: the most frequent (true -> predicted) mistakes, readable for 77+ classes
+    pairs = Counter((t, p or "(abstained)") for t, p in zip(truth, pred, strict=True) if t != p).most_common(20)
+    fig, ax = plt.subplots(figsize=(10, 7))
+    if pairs:
+        ax.barh([f"{t} → {p}" for (t, p), _ in pairs][::-1], [n for _, n in pairs][::-1], color="#c0504d")
+    ax.set_xlabel("test tickets")
+    ax.set_title(
+        f"Top {len(pairs)} confusions (true → predicted), {sum(t != p for t, p in zip(truth, pred, strict=True))} errors of {len(truth)}"
+    )
+    fig.tight_layout()
+    fig.savefig(out / "confusions.png", dpi=110)
+    plt.close(fig)
+    files["confusions"] = "confusions.png"
+
+    # accuracy vs k, for top-k and top-k%
+    fig, ax = plt.subplots(figsize=(8, 5))
+    curve: dict[str, list[tuple[int, float]]] = {}
+    for vote in ("majority", "weighted"):
+        ks = [kk for kk in K_GRID if kk <= codes.shape[1]]
+        acc = [
+            float(
+                np.mean(
+                    [
+                        labels[w] == t if w >= 0 else False
+                        for w, t in zip(vote_batch(codes, scores, kk, vote, len(labels))[0], truth, strict=True)
+                    ]
+                )
+            )
+            for kk in ks
+        ]
+        curve[f"top-k {vote}"] = list(zip(ks, acc, strict=True))
+        ax.plot(ks, acc, marker="o", label=f"top-k, {vote}")
+        pk = sorted({k_for_percent(p, n_indexed) for p in PCT_GRID if k_for_percent(p, n_indexed) <= codes.shape[1]})
+        pacc = [
+            float(
+                np.mean(
+                    [
+                        labels[w] == t if w >= 0 else False
+                        for w, t in zip(vote_batch(codes, scores, kk, vote, len(labels))[0], truth, strict=True)
+                    ]
+                )
+            )
+            for kk in pk
+        ]
+        ax.plot(pk, pacc, marker="s", linestyle="--", label=f"top-k%, {vote}")
+    ax.axvline(k, color="grey", linestyle=":", label=f"chosen k={k}")
+    ax.set_xscale("log")
+    ax.set_xlabel("neighbours consulted (k; top-k% converted to k)")
+    ax.set_ylabel("test accuracy")
+    ax.set_title("Accuracy vs neighbourhood size")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out / "accuracy_vs_k.png", dpi=110)
+    plt.close(fig)
+    files["accuracy_vs_k"] = "accuracy_vs_k.png"
+
+    # confidence histogram, right vs wrong
+    right = np.array([b == t for b, t in zip(base, truth, strict=True)])
+    fig, ax = plt.subplots(figsize=(8, 5))
+    bins = np.linspace(0, 1, 21)
+    ax.hist(conf[right], bins=bins, alpha=0.7, label="correct", color="#4f81bd")
+    ax.hist(conf[~right], bins=bins, alpha=0.7, label="wrong", color="#c0504d")
+    ax.set_xlabel("vote confidence")
+    ax.set_ylabel("test tickets")
+    ax.set_title("Confidence of correct and wrong predictions")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out / "confidence.png", dpi=110)
+    plt.close(fig)
+    files["confidence"] = "confidence.png"
+
+    # precision / coverage vs abstain threshold, chosen operating point marked
+    ths = np.linspace(0, 1, 41)
+    prec = [float(np.mean(right[conf >= th])) if np.any(conf >= th) else np.nan for th in ths]
+    cover = [float(np.mean(conf >= th)) for th in ths]
+    fig, ax = plt.subplots(figsize=(8, 5))
+    ax.plot(ths, prec, label="precision of answered tickets")
+    ax.plot(ths, cover, label="share answered (recall of answers)")
+    chosen_p = float(np.mean(right[conf >= rule.threshold])) if np.any(conf >= rule.threshold) else np.nan
+    ax.scatter([rule.threshold], [chosen_p], color="black", zorder=5, label=f"chosen threshold {rule.threshold:.2f}")
+    ax.set_xlabel("abstain below this confidence")
+    ax.set_ylim(0, 1.02)
+    ax.set_title("Precision and coverage vs abstain threshold")
+    ax.legend(loc="lower left")
+    fig.tight_layout()
+    fig.savefig(out / "threshold.png", dpi=110)
+    plt.close(fig)
+    files["threshold"] = "threshold.png"
+
+    binary = None
+    if positive_label is None and len(set(truth)) == 2 and "urgent" in truth:
+        positive_label = "urgent"
+    if positive_label is not None:
+        if positive_label not in labels:
+            raise InputError(f"--positive-label {positive_label!r} is not a label of this collection")
+        pos = labels.index(positive_label)
+        tally = vote_batch(codes, scores, k, rule.vote, len(labels))[3]
+        share = tally[:, pos] / np.clip(tally.sum(axis=1), 1e-9, None)
+        is_pos = np.array([t == positive_label for t in truth])
+        pts = []
+        for th in np.linspace(0.05, 0.95, 19):
+            flagged = share >= th
+            p = float(np.mean(is_pos[flagged])) if flagged.any() else np.nan
+            r = float(np.mean(flagged[is_pos])) if is_pos.any() else np.nan
+            pts.append((float(th), p, r))
+        fig, ax = plt.subplots(figsize=(8, 5))
+        ax.plot([q[0] for q in pts], [q[1] for q in pts], marker="o", label=f"precision ({positive_label})")
+        ax.plot([q[0] for q in pts], [q[2] for q in pts], marker="s", label=f"recall ({positive_label})")
+        ax.axvline(0.5, color="grey", linestyle=":", label="majority (0.5)")
+        ax.set_xlabel(f"flag as {positive_label} when its vote share ≥")
+        ax.set_ylim(0, 1.02)
+        ax.set_title(f"{positive_label}: recall / precision trade-off")
+        ax.legend(loc="lower left")
+        fig.tight_layout()
+        fig.savefig(out / "positive_tradeoff.png", dpi=110)
+        plt.close(fig)
+        files["positive_tradeoff"] = "positive_tradeoff.png"
+        binary = {"positive_label": positive_label, "points": pts}
+
+    rows = sorted(m["per_class"].items(), key=lambda kv: kv[1]["f1"])
+    md = [
+        f"# knnclass report: {ref.name} ({ref.version})",
+        "",
+        f"Rule: {rule.describe()} (k={k}); encoder `{meta.encoder}`; {n_indexed} indexed; {len(truth)} test tickets.",
+        "",
+        f"**Accuracy {m['accuracy']:.4f}**, macro-F1 {m['macro_f1']:.4f}, abstain rate {m['abstain_rate']:.4f}.",
+        "",
+    ]
+    md += [f"![{name}]({f})" for name, f in files.items()]
+    md += [
+        "",
+        "## Per class (weakest first)",
+        "",
+        "| label | precision | recall | F1 | support |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    md += [f"| {lab} | {v['precision']:.3f} | {v['recall']:.3f} | {v['f1']:.3f} | {v['support']} |" for lab, v in rows]
+    md += ["", "## Accuracy vs k", "", "| curve | k → accuracy |", "| --- | --- |"]
+    md += [f"| {name} | " + ", ".join(f"{kk}: {a:.4f}" for kk, a in pts_) + " |" for name, pts_ in curve.items()]
+    (out / "report.md").write_text("\n".join(md) + "\n")
+    return {
+        "accuracy": m["accuracy"],
+        "macro_f1": m["macro_f1"],
+        "k": k,
+        "files": ["report.md", *files.values()],
+        "binary": binary,
+        "out": str(out),
+    }
+
+
+def write_relabels_template(suspects: Sequence[Suspect], path: Path) -> None:
+    """A CSV of suggestions to review and feed back with `suspects --apply`."""
+    with path.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["id", "label", "current_label", "margin", "text"])
+        for s in suspects:
+            w.writerow([s.id, s.suggested_label, s.label, f"{s.margin:.3f}", s.text])

@@ -337,9 +337,24 @@ def _evaluate_embeddings(
         res: dict[str, Any] = {"knn": {**_metrics(val.labels[task], pred), "rule": tuned.best.rule.to_dict()}}
         if heads and task in heads:
             hp, _ = heads[task].predict(val_vecs)
-            res["head"] = _metrics(val.labels[task], hp)
+            res["head"] = {
+                **_metrics(val.labels[task], hp),
+                "loss": _head_loss(heads[task], val_vecs, val.labels[task]),
+            }
         out[task] = res
     return out
+
+
+def _head_loss(head: Head, vecs: np.ndarray, truth: Sequence[str]) -> float:
+    """Mean cross-entropy of the head on labelled vectors (labels it does not know are skipped)."""
+    col = {lab: i for i, lab in enumerate(head.labels)}
+    rows = [(i, col[t]) for i, t in enumerate(truth) if t in col]
+    if not rows:
+        return float("nan")
+    z = head.scores(vecs[[i for i, _ in rows]]).astype(np.float64)
+    z -= z.max(axis=1, keepdims=True)
+    logp = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+    return round(float(-np.mean(logp[np.arange(len(rows)), [c for _, c in rows]])), 5)
 
 
 def _score(ev: dict[str, Any]) -> float:

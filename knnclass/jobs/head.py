@@ -17,7 +17,7 @@ import numpy as np
 
 from ..errors import InputError
 
-__all__ = ["Head", "load_heads", "save_heads"]
+__all__ = ["Head", "classify_with_head", "load_heads", "save_heads"]
 
 HEADS_FILE = "heads.npz"
 
@@ -150,3 +150,41 @@ def load_heads(path: str | Path) -> dict[str, Head]:
                 h["activation"],
             )
     return out
+
+
+_CACHE: dict[tuple[str, float], dict[str, Head]] = {}
+
+
+def _cached_heads(path: str) -> dict[str, Head]:
+    mtime = Path(path).stat().st_mtime
+    key = (path, mtime)
+    if key not in _CACHE:
+        _CACHE.clear()
+        _CACHE[key] = load_heads(path)
+    return _CACHE[key]
+
+
+def classify_with_head(clf: Any, texts: list[str]) -> tuple[list[Any], Any]:
+    """Classify with the collection's head when promote chose it, else the kNN vote.
+
+    Either way the answer carries the neighbours (found in the same pinned version) as
+    evidence. Returns (predictions, ref).
+    """
+    from ..classifier import Prediction
+
+    ref = clf.ref()
+    meta = clf.meta(ref)
+    rule = clf.rule(meta)
+    enc = clf.encoder_for(meta)
+    vecs = enc.embed(texts)
+    preds = clf.classify_vectors(vecs, ref, rule)
+    task = meta.extra.get("head_task")
+    if not meta.head or task is None:
+        return preds, ref
+    head = _cached_heads(meta.head)[task]
+    labels, conf = head.predict(vecs)
+    out = [
+        Prediction(lab, float(c), False, None, p.neighbours, p.votes)
+        for lab, c, p in zip(labels, conf, preds, strict=True)
+    ]
+    return out, ref

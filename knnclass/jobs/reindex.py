@@ -1,0 +1,183 @@
+"""Promote a fine-tuning run into a collection: re-embed, re-tune, switch atomically.
+
+The stored examples' texts are re-embedded with the run's encoder into a new version of
+the collection (readers keep using the old one meanwhile), the vote rule is re-tuned,
+and only then is the collection switched to the new version in one atomic step. Old
+versions stay until `prune`, so `rollback` is a pointer swap.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from ..data import Example, read_examples
+from ..encoders.base import Encoder
+from ..errors import InputError
+from ..metrics import score_predictions
+from ..store.base import CollectionMeta, Ref, Store
+from ..tuning import K_MAX, TuningResult, tune_rule
+from .finetune import read_run
+from .head import HEADS_FILE, load_heads
+
+__all__ = ["promote", "prune", "rollback", "run_encoder_dir"]
+
+Progress = Callable[[int], None]
+
+
+def run_encoder_dir(run_dir: str | Path) -> Path:
+    """The run's exported (ONNX) encoder dir; exports the tuned ST model first if needed."""
+    from ..encoders.onnx import METADATA_FILE
+
+    run_dir = Path(run_dir)
+    run = read_run(run_dir)
+    if not run.get("encoder_tuned"):
+        return Path(run["encoder"])
+    out = run_dir / "encoder"
+    if not (out / METADATA_FILE).exists():
+        from ..encoders.export import ExportSettings, export_encoder
+
+        export_encoder(
+            run_dir / "encoder-st", out, ExportSettings(), name=f"ft-{run['strategy']}-{run_dir.resolve().name}"
+        )
+    return out
+
+
+def _validation_for(run_dir: Path, labels: set[str]) -> tuple[str, list[Example]] | None:
+    """The run's validation examples for the label set the collection holds, if any task matches."""
+    path = run_dir / "validation.csv"
+    if not path.exists():
+        return None
+    run = read_run(run_dir)
+    best: tuple[str, list[Example]] | None = None
+    best_overlap = 0.0
+    for task in run.get("tasks", []):
+        exs = read_examples(path, "text", task)
+        overlap = len({e.label for e in exs} & labels) / max(1, len(labels))
+        if overlap > best_overlap:
+            best, best_overlap = (task, exs), overlap
+    return best if best_overlap >= 0.5 else None
+
+
+def promote(
+    store: Store,
+    collection: str,
+    run_dir: str | Path,
+    encoder: Encoder | None = None,
+    batch_size: int = 256,
+    progress: Progress | None = None,
+    use_head: bool | None = None,
+) -> dict[str, Any]:
+    """Reindex `collection`'s stored examples with the run's encoder into a new version,
+    re-tune the vote rule, pick kNN or the run's head by validation, then switch.
+
+    `encoder` overrides loading the run's encoder (tests). `use_head` forces the choice.
+    Returns what was done; on any failure the new version is dropped and nothing switches.
+    """
+    t0 = time.perf_counter()
+    run_dir = Path(run_dir)
+    run = read_run(run_dir)
+    if encoder is None:
+        from ..encoders import load_encoder
+
+        encoder = load_encoder(run_encoder_dir(run_dir))
+    old = store.ref(collection)
+    old_meta = store.get_meta(old)
+    n_old = store.count(old)
+    if n_old < 2:
+        raise InputError(f"collection {collection!r} holds {n_old} example(s); nothing to promote")
+    extra = {**old_meta.extra, "run": str(run_dir.resolve()), "strategy": run.get("strategy"), "previous": old.version}
+    new = store.create_version(collection, CollectionMeta(encoder.identity, encoder.source, encoder.dim, extra=extra))
+    try:
+        labels: set[str] = set()
+        for examples, _ in store.scroll(old, batch_size):
+            store.upsert(new, examples, encoder.embed([e.text for e in examples]))
+            labels.update(e.label for e in examples)
+            if progress:
+                progress(len(examples))
+        store.optimize(new)
+        n = store.count(new)
+        if n != n_old:
+            raise InputError(f"reindexed {n} of {n_old} examples; the old version changed while promoting? retry")
+        tuned, head_info = _retune(store, new, encoder, run_dir, labels, use_head)
+        meta = store.get_meta(new).with_(rule=tuned.best.rule.to_dict(), tuning=tuned.summary())
+        if head_info and head_info["serve"]:
+            meta = meta.with_(
+                head=str((run_dir / HEADS_FILE).resolve()), extra={**meta.extra, "head_task": head_info["task"]}
+            )
+        store.set_meta(new, meta)
+        store.switch(collection, new.version)
+    except BaseException:
+        store.drop_version(new)
+        raise
+    return {
+        "collection": collection,
+        "from": old.version,
+        "to": new.version,
+        "count": n,
+        "encoder": encoder.identity,
+        "rule": tuned.best.rule.to_dict(),
+        "tuning": tuned.summary(),
+        "head": head_info,
+        "seconds": round(time.perf_counter() - t0, 2),
+    }
+
+
+def _retune(
+    store: Store, ref: Ref, encoder: Encoder, run_dir: Path, labels: set[str], use_head: bool | None
+) -> tuple[TuningResult, dict[str, Any] | None]:
+    """Vote rule on the run's validation split (leave-one-out without one); head vs kNN."""
+    n = store.count(ref)
+    val = _validation_for(run_dir, labels)
+    if val is None:
+        from ..classifier import Classifier
+
+        pairs = Classifier(store, ref.name).loo_neighbours(ref)
+        return tune_rule([e.label for e, _ in pairs], [h for _, h in pairs], n, None, "leave-one-out"), None
+    task, exs = val
+    exs = [e for e in exs if e.label in labels]
+    vecs = encoder.embed([e.text for e in exs])
+    hits = store.search(ref, vecs, min(K_MAX, n))
+    tuned = tune_rule([e.label for e in exs], hits, n, None, "validation")
+    heads_path = run_dir / HEADS_FILE
+    if not heads_path.exists():
+        return tuned, None
+    heads = load_heads(heads_path)
+    if task not in heads or not labels <= set(heads[task].labels):
+        return tuned, None
+    pred, _ = heads[task].predict(vecs)
+    head_acc = float(score_predictions([e.label for e in exs], list(pred))["accuracy"])
+    serve = head_acc > tuned.best.score if use_head is None else use_head
+    return tuned, {
+        "task": task,
+        "head_accuracy": round(head_acc, 5),
+        "knn_accuracy": round(tuned.best.score, 5),
+        "serve": serve,
+    }
+
+
+def rollback(store: Store, collection: str) -> dict[str, str]:
+    """Switch back to the version before the current one (by number)."""
+    cur = store.current_version(collection)
+    if cur is None:
+        store.ref(collection)  # raises the not-found error
+        raise AssertionError("unreachable")
+    older = [v for v in store.versions(collection) if int(v[1:]) < int(cur[1:])]
+    if not older:
+        raise InputError(f"collection {collection!r} has no version before {cur} to roll back to")
+    store.switch(collection, older[-1])
+    return {"collection": collection, "from": cur, "to": older[-1]}
+
+
+def prune(store: Store, collection: str, keep: int = 0) -> dict[str, Any]:
+    """Drop every version but the current one and the `keep` newest others."""
+    cur = store.current_version(collection)
+    if cur is None:
+        store.ref(collection)
+    others = [v for v in store.versions(collection) if v != cur]
+    drop = others[: max(0, len(others) - keep)]
+    for v in drop:
+        store.drop_version(Ref(collection, v))
+    return {"collection": collection, "current": cur, "dropped": drop, "kept": others[len(drop) :]}

@@ -1,0 +1,53 @@
+"""Assemble benchmarks/RESULTS.md and benchmarks/RELIABILITY.md from benchmarks/results/*.md.
+
+Each benchmark script writes its own table; this only puts them under headings.
+
+    python benchmarks/assemble.py
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+
+SECTIONS = [
+    ("spine", "Banking77 end to end (the spine)", "benchmarks/spine.py"),
+    ("encoder", "Encoder speed and fidelity", "benchmarks/encoder.py"),
+    ("service", "Service latency at 100k", "benchmarks/service.py"),
+    ("scale", "Embedded store at scale", "benchmarks/scale.py"),
+    ("reports", "Reports and label quality", "benchmarks/reports.py"),
+    ("finetune", "Warm-start strategies", "benchmarks/finetune.py"),
+    ("reliability", "Reliability (details in RELIABILITY.md)", "benchmarks/reliability.py"),
+]
+
+INTRO = """# knnclass benchmark results
+
+Measured on the project's machine: 2 CPU cores (AVX-512 VNNI), 24 GiB, no GPU, shared with
+other work, so absolute numbers are noisy; every comparison is against a baseline measured
+in the same run, and ratios are what to read. Each section names the script that produced
+it; re-run it to refresh its table (then `python benchmarks/assemble.py`).
+"""
+
+
+def main() -> None:
+    parts = [INTRO]
+    for name, title, script in SECTIONS:
+        f = RESULTS / f"{name}.md"
+        if f.exists():
+            parts += [f"## {title}", "", f"Script: `{script}`.", "", f.read_text().strip(), ""]
+    (HERE / "RESULTS.md").write_text("\n".join(parts))
+    rel = RESULTS / "reliability.md"
+    if rel.exists():
+        (HERE / "RELIABILITY.md").write_text(
+            "# Reliability and security figures\n\n"
+            "What was tried, how many times, and what held. Long variants come from "
+            "`benchmarks/reliability.py`; short variants of every scenario run in the default test suite "
+            "(`tests/integration/test_reliability.py`, `tests/integration/test_service_real.py`, "
+            "`tests/unit/test_service.py`, `tests/unit/test_classifier.py`).\n\n" + rel.read_text()
+        )
+
+
+if __name__ == "__main__":
+    main()

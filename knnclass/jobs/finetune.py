@@ -593,7 +593,6 @@ def _train_encoder(
                 "score": score,
             }
         )
-        bar.write(f"epoch {epoch}: {_fmt(ev)}")
         log(f"epoch {epoch}: {_fmt(ev)}")
         if score > best_score:
             best_score, best_epoch = score, epoch

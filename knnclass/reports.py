@@ -196,33 +196,18 @@ def write_report(
     # accuracy vs k, for top-k and top-k%
     fig, ax = plt.subplots(figsize=(8, 5))
     curve: dict[str, list[tuple[int, float]]] = {}
+    truth_codes = np.array([labels.index(t) for t in truth])
+
+    def accuracy(kk: int, vote: str) -> float:
+        return float(np.mean(vote_batch(codes, scores, kk, vote, len(labels))[0] == truth_codes))  # type: ignore[arg-type]
+
     for vote in ("majority", "weighted"):
         ks = [kk for kk in K_GRID if kk <= codes.shape[1]]
-        acc = [
-            float(
-                np.mean(
-                    [
-                        labels[w] == t if w >= 0 else False
-                        for w, t in zip(vote_batch(codes, scores, kk, vote, len(labels))[0], truth, strict=True)
-                    ]
-                )
-            )
-            for kk in ks
-        ]
+        acc = [accuracy(kk, vote) for kk in ks]
         curve[f"top-k {vote}"] = list(zip(ks, acc, strict=True))
         ax.plot(ks, acc, marker="o", label=f"top-k, {vote}")
         pk = sorted({k_for_percent(p, n_indexed) for p in PCT_GRID if k_for_percent(p, n_indexed) <= codes.shape[1]})
-        pacc = [
-            float(
-                np.mean(
-                    [
-                        labels[w] == t if w >= 0 else False
-                        for w, t in zip(vote_batch(codes, scores, kk, vote, len(labels))[0], truth, strict=True)
-                    ]
-                )
-            )
-            for kk in pk
-        ]
+        pacc = [accuracy(kk, vote) for kk in pk]
         ax.plot(pk, pacc, marker="s", linestyle="--", label=f"top-k%, {vote}")
     ax.axvline(k, color="grey", linestyle=":", label=f"chosen k={k}")
     ax.set_xscale("log")

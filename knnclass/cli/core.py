@@ -24,6 +24,13 @@ from ._common import (
 _IN = click.Path(exists=True, dir_okay=False, path_type=Path)
 
 
+def _with_unknown(mapping: dict[str, str] | None, unknown_label: str | None) -> dict[str, str] | None:
+    """A label map that lets the out-of-scope label through unchanged."""
+    if mapping is not None and unknown_label is not None:
+        return {**mapping, unknown_label: unknown_label}
+    return mapping
+
+
 @click.command()
 @click.argument("tickets", type=_IN)
 @click.option("--text-col", default="text", show_default=True, help="Column holding the ticket text.")
@@ -131,9 +138,7 @@ def tune(
     **so: Any,
 ) -> None:
     """Choose the vote rule (top-k / top-k%, majority / weighted, threshold) and store it."""
-    mapping = load_label_map(label_map)
-    if mapping is not None and unknown_label is not None:
-        mapping = {**mapping, unknown_label: unknown_label}
+    mapping = _with_unknown(load_label_map(label_map), unknown_label)
     val = read_examples(validation, text_col, label_col, None, mapping) if validation else None
     clf = open_classifier(create=False, **so)
     with clf.store:
@@ -172,9 +177,7 @@ def evaluate(
     **so: Any,
 ) -> None:
     """Score the tuned rule on a labelled TEST file."""
-    mapping = load_label_map(label_map)
-    if mapping is not None and unknown_label is not None:
-        mapping = {**mapping, unknown_label: unknown_label}
+    mapping = _with_unknown(load_label_map(label_map), unknown_label)
     examples = read_examples(test, text_col, label_col, None, mapping)
     clf = open_classifier(create=False, **so)
     with clf.store:

@@ -25,17 +25,25 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import DATA, banking_rows, pct, save
 
 
-def measure(embed: Any, texts: list[str], single: list[str]) -> dict[str, float]:
-    embed(texts[:64])
-    t0 = time.perf_counter()
-    embed(texts)
-    bulk = len(texts) / (time.perf_counter() - t0)
-    lat = []
-    for t in single:
-        a = time.perf_counter()
-        embed([t])
-        lat.append(time.perf_counter() - a)
-    return {"texts_per_s": bulk, "p50_ms": pct(lat, 50) * 1e3, "p99_ms": pct(lat, 99) * 1e3}
+def timings(variants: dict[str, Any], texts: list[str], single: list[str], rounds: int) -> dict[str, dict[str, float]]:
+    """Interleaved rounds (each variant once per round), medians: fair under drifting load."""
+    bulk: dict[str, list[float]] = {k: [] for k in variants}
+    lat: dict[str, list[float]] = {k: [] for k in variants}
+    for embed in variants.values():
+        embed(texts[:64])
+    for _ in range(rounds):
+        for name, embed in variants.items():
+            t0 = time.perf_counter()
+            embed(texts)
+            bulk[name].append(len(texts) / (time.perf_counter() - t0))
+            for t in single:
+                a = time.perf_counter()
+                embed([t])
+                lat[name].append(time.perf_counter() - a)
+    return {
+        k: {"texts_per_s": float(np.median(bulk[k])), "p50_ms": pct(lat[k], 50) * 1e3, "p99_ms": pct(lat[k], 99) * 1e3}
+        for k in variants
+    }
 
 
 def knn(embed: Any) -> float:
@@ -56,8 +64,9 @@ def knn(embed: Any) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--bulk", type=int, default=3000)
-    ap.add_argument("--single", type=int, default=300)
+    ap.add_argument("--bulk", type=int, default=1000)
+    ap.add_argument("--single", type=int, default=100)
+    ap.add_argument("--rounds", type=int, default=3)
     args = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from sentence_transformers import SentenceTransformer
@@ -92,8 +101,9 @@ def main() -> None:
         "cpu_count": os.cpu_count(),
         "variants": {},
     }
+    times = timings(variants, texts, single, args.rounds)
     for label, embed in variants.items():
-        m = measure(embed, texts, single)
+        m = times[label]
         got = np.asarray(embed(texts), dtype=np.float32)
         cos = np.sum(got * reference, axis=1)
         m.update(cosine_min=float(cos.min()), cosine_mean=float(cos.mean()), knn_accuracy=knn(embed))

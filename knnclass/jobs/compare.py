@@ -132,8 +132,20 @@ def compare(
         run = run_finetune(train, validation, settings, run_dir, base_model=base_model, log=log, progress=progress)
         runs[s] = {"validation": run["validation"], "timing": run["timing"], "forgetting": run["forgetting"]}
         rows.extend(_rows_for(s, run, run_dir, train, test, latency_texts))
-    rows.sort(key=lambda r: (-r["val_accuracy"], -r["val_macro_f1"]))
-    report = {
+        partial = _report(rows, train, validation, test, time.perf_counter() - t0)
+        (out / "compare.partial.json").write_text(json.dumps(partial, indent=2, default=str))
+    report = _report(rows, train, validation, test, time.perf_counter() - t0)
+    (out / "compare.json").write_text(json.dumps(report, indent=2, default=str))
+    (out / "compare.partial.json").unlink(missing_ok=True)
+    write_report(report, out)
+    return report
+
+
+def _report(
+    rows: list[dict[str, Any]], train: TaskSet, validation: TaskSet, test: TaskSet | None, seconds: float
+) -> dict[str, Any]:
+    rows = sorted(rows, key=lambda r: (-r["val_accuracy"], -r["val_macro_f1"]))
+    return {
         "primary_task": train.tasks[0],
         "tasks": train.tasks,
         "n_train": len(train.texts),
@@ -141,11 +153,8 @@ def compare(
         "n_test": len(test.texts) if test is not None else None,
         "ranking": rows,
         "best": rows[0]["name"] if rows else None,
-        "total_s": round(time.perf_counter() - t0, 1),
+        "total_s": round(seconds, 1),
     }
-    (out / "compare.json").write_text(json.dumps(report, indent=2, default=str))
-    write_report(report, out)
-    return report
 
 
 def _fmt(v: Any, pct: bool = True) -> str:

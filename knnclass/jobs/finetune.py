@@ -420,6 +420,12 @@ def _frozen(
         import pickle
 
         for task in train.tasks:
+            classes = sorted(set(train.labels[task]))
+            if len(classes) < 2:  # nothing to learn: a constant head
+                heads[task] = Head(
+                    task, "linear", classes, [np.zeros((1, train_vecs.shape[1]), np.float32)], [np.zeros(1, np.float32)]
+                )
+                continue
             est = make_classifier(s.classifier, s.classifier_params, s.seed)
             est.fit(train_vecs, train.labels[task])
             head = Head.from_sklearn(task, est)

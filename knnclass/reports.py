@@ -185,9 +185,8 @@ def write_report(
     if pairs:
         ax.barh([f"{t} → {p}" for (t, p), _ in pairs][::-1], [n for _, n in pairs][::-1], color="#c0504d")
     ax.set_xlabel("test tickets")
-    ax.set_title(
-        f"Top {len(pairs)} confusions (true → predicted), {sum(t != p for t, p in zip(truth, pred, strict=True))} errors of {len(truth)}"
-    )
+    errors = sum(t != p for t, p in zip(truth, pred, strict=True))
+    ax.set_title(f"Top {len(pairs)} confusions (true → predicted)\n{errors} errors in {len(truth)} test tickets")
     fig.tight_layout()
     fig.savefig(out / "confusions.png", dpi=110)
     plt.close(fig)

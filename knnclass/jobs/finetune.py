@@ -643,6 +643,8 @@ def _train_encoder(
         "encoder_st": str(st_dir.resolve()),
         "encoder_tuned": True,
         "frozen_layers": frozen,
+        "trainable_params": sum(p.numel() for p in enc_params),
+        "total_params": sum(p.numel() for p in model.parameters()),
         "heads": HEADS_FILE,
         "validation": validation,
         "validation_torch": next(h["validation"] for h in history if h["epoch"] == best_epoch),

@@ -320,8 +320,10 @@ def _require_torch() -> None:
 
 
 def _onnx_embedder(encoder_dir: Path | None) -> tuple[Callable[[list[str]], np.ndarray], str]:
-    from ..encoders import load_encoder
+    from ..encoders import default_model_dir, load_encoder
 
+    if encoder_dir is not None and Path(encoder_dir).resolve() == default_model_dir().resolve():
+        encoder_dir = None  # the default model: reuse its cached export
     enc = load_encoder(encoder_dir)
     return enc.embed, str(enc.source)
 

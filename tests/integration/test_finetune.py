@@ -157,3 +157,67 @@ def test_seed_makes_tuning_deterministic(tiny: tuple[TaskSet, TaskSet], tmp_path
     assert a["history"] == b["history"]
     ha, hb = load_heads(tmp_path / "a" / "heads.npz"), load_heads(tmp_path / "b" / "heads.npz")
     assert np.array_equal(ha["category"].weights[0], hb["category"].weights[0])
+
+
+def test_cli_finetune_compare_promote_rollback_prune(
+    tiny: tuple[TaskSet, TaskSet], tmp_path: Path, data_dir: Path
+) -> None:
+    from click.testing import CliRunner
+
+    from knnclass.cli import cli
+
+    train, val = tiny
+    train.write_csv(tmp_path / "train.csv")
+    val.write_csv(tmp_path / "val.csv")
+    r = CliRunner()
+    store = ["--store", str(tmp_path / "store")]
+    res = r.invoke(cli, ["index", str(tmp_path / "train.csv"), *store])
+    assert res.exit_code == 0, res.output
+    assert r.invoke(cli, ["tune", *store]).exit_code == 0
+    res = r.invoke(
+        cli,
+        [
+            "finetune",
+            str(tmp_path / "train.csv"),
+            "--strategy",
+            "transfer",
+            "--validation",
+            str(tmp_path / "val.csv"),
+            "--label-col",
+            "category",
+            "--label-col",
+            "urgency",
+            "--out",
+            str(tmp_path / "run"),
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    assert "category: kNN accuracy" in res.output and "urgency:" in res.output and "general skill" in res.output
+    res = r.invoke(
+        cli,
+        [
+            "compare",
+            str(tmp_path / "train.csv"),
+            "--validation",
+            str(tmp_path / "val.csv"),
+            "--strategies",
+            "knn,transfer",
+            "--test",
+            str(tmp_path / "val.csv"),
+            "--out",
+            str(tmp_path / "cmp"),
+            "--json",
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    rep = json.loads(res.stdout)
+    assert {row["strategy"] for row in rep["ranking"]} == {"knn", "transfer"}
+    assert (tmp_path / "cmp" / "report.md").exists() and (tmp_path / "cmp" / "chart.png").stat().st_size > 1000
+    res = r.invoke(cli, ["promote", str(tmp_path / "run"), *store])
+    assert res.exit_code == 0, res.output
+    assert "v1 -> v2" in res.output
+    res = r.invoke(cli, ["classify", "my card has not arrived", "--json", *store])
+    assert json.loads(res.stdout)["version"] == "v2"
+    assert "v2 -> v1" in r.invoke(cli, ["rollback", *store]).output
+    assert "dropped v2" in r.invoke(cli, ["prune", *store]).output
+    assert r.invoke(cli, ["rollback", *store]).exit_code != 0

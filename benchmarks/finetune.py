@@ -31,6 +31,9 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--lr", type=float, default=5e-5)
     ap.add_argument("--last-layer-lr", type=float, default=1e-4)
+    ap.add_argument("--last-layer-epochs", type=int, default=None)
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (1 beats 2 on a shared 2-core box)")
+    ap.add_argument("--max-seq-length", type=int, default=128)
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--scale", type=float, default=20.0)
     ap.add_argument("--val-fraction", type=float, default=0.1)
@@ -45,8 +48,16 @@ def main() -> None:
     train, val = split_validation(data, a.val_fraction, a.seed)
     out = Path(a.out) / time.strftime("%Y%m%d-%H%M%S")
     base = FinetuneSettings(
-        epochs=a.epochs, lr=a.lr, batch_size=a.batch_size, scale=a.scale, seed=a.seed, max_steps=a.max_steps
+        epochs=a.epochs,
+        lr=a.lr,
+        batch_size=a.batch_size,
+        scale=a.scale,
+        seed=a.seed,
+        max_steps=a.max_steps,
+        threads=a.threads,
+        max_seq_length=a.max_seq_length,
     )
+    last_layer = {"lr": a.last_layer_lr, **({"epochs": a.last_layer_epochs} if a.last_layer_epochs else {})}
     t0 = time.perf_counter()
     report = compare(
         train,
@@ -54,7 +65,7 @@ def main() -> None:
         out,
         strategies=a.strategies.split(","),
         base=base,
-        per_strategy={"last-layer": {"lr": a.last_layer_lr}},
+        per_strategy={"last-layer": last_layer},
         test=test,
         log=lambda s: print(s, file=sys.stderr, flush=True),
     )
@@ -90,7 +101,7 @@ def main() -> None:
     lines = [
         "# Fine-tuning strategies on Banking77",
         "",
-        f"`python benchmarks/finetune.py --epochs {a.epochs} --lr {a.lr}` — {len(train.texts)} train / "
+        f"`python benchmarks/finetune.py {' '.join(sys.argv[1:])}` — {len(train.texts)} train / "
         f"{len(val.texts)} validation (carved from train, seed {a.seed}) / {len(test.texts)} test, scored once. "
         f"{os.cpu_count()} CPU cores (shared). Ranked by validation accuracy.",
         "",

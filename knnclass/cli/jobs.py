@@ -94,6 +94,9 @@ def _data_options(f: Any) -> Any:
         ),
         click.option("--classifier-params", default="{}", help="transfer: JSON keyword arguments for the classifier."),
         click.option(
+            "--threads", default=None, type=click.IntRange(1), help="torch CPU threads (1 is faster on a busy machine)."
+        ),
+        click.option(
             "--no-export", is_flag=True, help="Skip the ONNX export of a tuned encoder (promote exports later)."
         ),
     ]
@@ -135,6 +138,7 @@ def _prepare(train_path: Path, kw: dict[str, Any]) -> tuple[Any, Any, Any]:
         classifier=kw.pop("classifier"),
         classifier_params=params,
         export=not kw.pop("no_export"),
+        threads=kw.pop("threads"),
     )
     return train, val, settings
 

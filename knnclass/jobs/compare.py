@@ -20,7 +20,7 @@ import numpy as np
 from ..errors import InputError
 from ..metrics import score_predictions
 from ..voting import Rule
-from .finetune import STRATEGIES, FinetuneSettings, TaskSet, knn_predict, run_finetune
+from .finetune import STRATEGIES, FinetuneSettings, TaskSet, embed_cached, knn_predict, run_finetune
 from .head import load_heads
 
 __all__ = ["compare", "markdown_table", "write_report"]
@@ -55,8 +55,8 @@ def _rows_for(
     primary = run["tasks"][0]
     enc = _encoder_for(run, run_dir)
     heads = load_heads(run_dir / run["heads"]) if run.get("heads") else {}
-    train_vecs = enc.embed(train.texts)
-    test_vecs = enc.embed(test.texts) if test is not None else None
+    train_vecs = embed_cached(enc, train.texts)
+    test_vecs = embed_cached(enc, test.texts) if test is not None else None
     # A transfer run's kNN row would repeat the frozen knn strategy's: show its head only.
     kinds = ([] if run["strategy"] == "transfer" and primary in heads else ["knn"]) + (
         ["head"] if primary in heads else []

@@ -43,6 +43,7 @@ __all__ = [
     "STRATEGIES",
     "FinetuneSettings",
     "TaskSet",
+    "embed_cached",
     "forgetting_figures",
     "knn_hits",
     "load_tasks",
@@ -320,13 +321,29 @@ def _require_torch() -> None:
         ) from None
 
 
+_EMBEDDINGS: dict[tuple[str, str], np.ndarray] = {}
+
+
+def embed_cached(enc: Any, texts: Sequence[str]) -> np.ndarray:
+    """`enc.embed(texts)`, remembered per (encoder identity, texts) within this process:
+    a comparison embeds the same train set with the same encoder several times."""
+    import hashlib
+
+    key = (str(enc.identity), hashlib.sha256("\x1f".join(texts).encode()).hexdigest())
+    if key not in _EMBEDDINGS:
+        if len(_EMBEDDINGS) >= 8:
+            _EMBEDDINGS.pop(next(iter(_EMBEDDINGS)))
+        _EMBEDDINGS[key] = enc.embed(list(texts))
+    return _EMBEDDINGS[key]
+
+
 def _onnx_embedder(encoder_dir: Path | None) -> tuple[Callable[[list[str]], np.ndarray], str]:
     from ..encoders import default_model_dir, load_encoder
 
     if encoder_dir is not None and Path(encoder_dir).resolve() == default_model_dir().resolve():
         encoder_dir = None  # the default model: reuse its cached export
     enc = load_encoder(encoder_dir)
-    return enc.embed, str(enc.source)
+    return (lambda texts: embed_cached(enc, texts)), str(enc.source)
 
 
 def _evaluate_embeddings(

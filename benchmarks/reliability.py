@@ -142,8 +142,8 @@ def service_scenarios(work: Path, base: Path) -> dict[str, Any]:
     out["overload"] = overload(store)
     queries = [r["text"] for r in rows[:400]]
     lock = threading.Lock()
-    # 9. SIGTERM under load
-    s = Server(store)
+    # 9. SIGTERM under load (every request admitted, so all 32 are in flight when the signal lands)
+    s = Server(store, "--max-in-flight", "64")
     s.wait_ready()
     results: list[Any] = []
 

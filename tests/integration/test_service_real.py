@@ -69,7 +69,7 @@ print("ok")
 
 
 def test_sigterm_drains_in_flight_requests(store: Path) -> None:
-    s = Server(store)
+    s = Server(store, "--max-in-flight", "32")  # all 12 requests admitted, then drained
     s.wait_ready()
     texts = ["my transfer has not arrived"] * 64
     results: list[int | str] = []

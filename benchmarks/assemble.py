@@ -31,12 +31,20 @@ it; re-run it to refresh its table (then `python benchmarks/assemble.py`).
 """
 
 
+NOTES_FILE = RESULTS / "notes.json"
+
+
 def main() -> None:
+    import json
+
+    notes = json.loads(NOTES_FILE.read_text()) if NOTES_FILE.exists() else {}
     parts = [INTRO]
     for name, title, script in SECTIONS:
         f = RESULTS / f"{name}.md"
         if f.exists():
             parts += [f"## {title}", "", f"Script: `{script}`.", "", f.read_text().strip(), ""]
+            if name in notes:
+                parts += [f"> {notes[name]}", ""]
     (HERE / "RESULTS.md").write_text("\n".join(parts))
     rel = RESULTS / "reliability.md"
     if rel.exists():

@@ -145,6 +145,7 @@ def main() -> None:
     ap.add_argument("--ef-construct", type=int, default=128)
     ap.add_argument("--ef", type=int, nargs="+", default=[64, 128])
     ap.add_argument("--quantize", action="store_true", help="scalar int8 quantisation of stored vectors")
+    ap.add_argument("--name", default="scale", help="results file name under benchmarks/results/")
     args = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     base = base_vectors()
@@ -198,7 +199,7 @@ def main() -> None:
             f"At 100k the embedded store answers a query {bl['p50_ms'] / p['p50_ms']:.0f}× faster (p50) than "
             "qdrant-client local mode. Goal: 1M query p99 ≤ 5 ms at recall ≥ 0.99, reopen ≤ 2 s.",
         ]
-    save("scale", res, "\n".join(lines))
+    save(args.name, res, "\n".join(lines))
     print("\n".join(lines))
 
 

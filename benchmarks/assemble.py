@@ -17,6 +17,7 @@ SECTIONS = [
     ("encoder", "Encoder speed and fidelity", "benchmarks/encoder.py"),
     ("service", "Service latency at 100k", "benchmarks/service.py"),
     ("scale", "Embedded store at scale", "benchmarks/scale.py"),
+    ("scale-1m-ef", "Embedded store at 1M, higher ef", "benchmarks/scale.py --sizes 1000000 --ef 256 512 1024 --name scale-1m-ef"),
     ("reports", "Reports and label quality", "benchmarks/reports.py"),
     ("finetune", "Warm-start strategies", "benchmarks/finetune.py"),
     ("reliability", "Reliability (details in RELIABILITY.md)", "benchmarks/reliability.py"),

@@ -79,6 +79,7 @@ class Classifier:
         self.collection = collection
         self._encoder = encoder
         self._loader = encoder_loader
+        self._loaded: dict[str, Encoder] = {}
         self._mu = threading.Lock()
 
     # --- plumbing ----------------------------------------------------------------------
@@ -92,13 +93,24 @@ class Classifier:
         return self.store.current_version(self.collection) is not None
 
     def encoder_for(self, meta: CollectionMeta | None) -> Encoder:
-        """The encoder in use, loaded from the collection's stamp when none was given."""
+        """The encoder for `meta`'s collection version.
+
+        A given encoder is always used (and must match the stamp). Otherwise the loader
+        loads the stamped encoder once per identity, so a service follows a promote to a
+        version indexed with another encoder; the last few are kept.
+        """
         with self._mu:
-            if self._encoder is None:
+            enc = self._encoder
+            if enc is None:
                 if self._loader is None:
                     raise InputError("no encoder given and no way to load one")
-                self._encoder = self._loader(meta.encoder_source if meta else "")
-            enc = self._encoder
+                key = meta.encoder if meta else ""
+                enc = self._loaded.get(key)
+                if enc is None:
+                    enc = self._loader(meta.encoder_source if meta else "")
+                    self._loaded[key] = self._loaded[enc.identity] = enc
+                    while len(self._loaded) > 4:
+                        self._loaded.pop(next(iter(self._loaded)))
         if meta is not None and enc.identity != meta.encoder:
             raise EncoderMismatchError(
                 f"collection {self.collection!r} was indexed with encoder {meta.encoder}, "

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from .base import CollectionMeta, Hit, Ref, Store
+from .base import CollectionMeta, Hit, HnswSettings, Ref, Store
 
-__all__ = ["CollectionMeta", "Hit", "Ref", "Store", "open_store"]
+__all__ = ["CollectionMeta", "Hit", "HnswSettings", "Ref", "Store", "open_store"]
 
 
 def open_store(
@@ -23,7 +23,8 @@ def open_store(
             shards=int(env("KNNCLASS_QDRANT_SHARDS", "1")),
             replication_factor=int(env("KNNCLASS_QDRANT_REPLICATION", "1")),
             write_consistency=int(env("KNNCLASS_QDRANT_WRITE_CONSISTENCY", "1")),
+            hnsw=HnswSettings.from_env(),
         )
     from .edge import EdgeStore
 
-    return EdgeStore(path or "knnclass-data", create=create)
+    return EdgeStore(path or "knnclass-data", create=create, hnsw=HnswSettings.from_env())

@@ -25,9 +25,9 @@ from ..errors import (
     StoreLockedError,
 )
 from ._files import ProcessLock, atomic_write_text, read_json
-from .base import CollectionMeta, Hit, Ref, Store, validate_name
+from .base import CollectionMeta, Hit, HnswSettings, Ref, Store, validate_name
 
-__all__ = ["EdgeStore", "EdgeTuning"]
+__all__ = ["EdgeStore"]
 
 MARKER = "knnclass-store.json"
 # Qdrant Edge preallocates WAL files and mmaps sparse files: on a full disk it dies with
@@ -37,21 +37,14 @@ VECTOR = "text"
 _PAYLOAD = ["label", "ext_id"]
 
 
-class EdgeTuning:
-    """HNSW and search settings for Edge shards."""
-
-    def __init__(self, m: int = 16, ef_construct: int = 128, hnsw_ef: int = 128, quantize: bool = False):
-        self.m, self.ef_construct, self.hnsw_ef, self.quantize = m, ef_construct, hnsw_ef, quantize
-
-
 class EdgeStore(Store):
     """Qdrant Edge, in-process. One process per store directory (enforced by a lock)."""
 
     backend = "edge"
 
-    def __init__(self, root: str | Path, create: bool = True, tuning: EdgeTuning | None = None):
+    def __init__(self, root: str | Path, create: bool = True, hnsw: HnswSettings | None = None):
         self.root = Path(root).expanduser().resolve()
-        self._tuning = tuning or EdgeTuning()
+        self._hnsw = hnsw or HnswSettings()
         marker = self.root / MARKER
         if self.root.exists() and not self.root.is_dir():
             raise StoreCorruptError(f"{self.root}: exists and is not a directory")
@@ -139,7 +132,7 @@ class EdgeStore(Store):
             ref = Ref(name, f"v{max(existing, default=0) + 1}")
             vdir = self._vdir(ref)
             vdir.mkdir()
-            t = self._tuning
+            t = self._hnsw
             quant = ScalarQuantizationConfig(type=ScalarType.Int8, quantile=0.99) if t.quantize else None
             config = EdgeConfig(
                 vectors={VECTOR: EdgeVectorParams(size=meta.dim, distance=Distance.Cosine)},
@@ -254,7 +247,7 @@ class EdgeStore(Store):
         if len(vectors) == 0:
             return []
         payload = [*_PAYLOAD, "text"] if with_text else _PAYLOAD
-        params = SearchParams(hnsw_ef=max(self._tuning.hnsw_ef, limit), exact=exact)
+        params = SearchParams(hnsw_ef=max(self._hnsw.ef, limit), exact=exact)
         reqs = [
             QueryRequest(
                 limit=limit, query=Query.Nearest(v.tolist(), using=VECTOR), with_payload=payload, params=params

@@ -18,7 +18,7 @@ import numpy as np
 
 from ..data import Example, point_uuid
 from ..errors import CollectionNotFoundError, InputError, StoreError
-from .base import CollectionMeta, Hit, Ref, Store, validate_name
+from .base import CollectionMeta, Hit, HnswSettings, Ref, Store, validate_name
 
 __all__ = ["ServerStore"]
 
@@ -44,7 +44,7 @@ class ServerStore(Store):
         shards: int = 1,
         replication_factor: int = 1,
         write_consistency: int = 1,
-        hnsw_ef: int = 128,
+        hnsw: HnswSettings | None = None,
         timeout: int = 60,
     ):
         from qdrant_client import QdrantClient, models
@@ -55,12 +55,8 @@ class ServerStore(Store):
                 raise InputError("the server backend needs --qdrant-url")
             client = QdrantClient(url=url, api_key=api_key, timeout=timeout)
         self.client = client
-        self.shards, self.replication, self.consistency, self.hnsw_ef = (
-            shards,
-            replication_factor,
-            write_consistency,
-            hnsw_ef,
-        )
+        self.shards, self.replication, self.consistency = shards, replication_factor, write_consistency
+        self.hnsw = hnsw or HnswSettings()
         try:
             if not self.client.collection_exists(META):
                 self.client.create_collection(
@@ -110,7 +106,7 @@ class ServerStore(Store):
                 shard_number=self.shards,
                 replication_factor=self.replication,
                 write_consistency_factor=self.consistency,
-                hnsw_config=m.HnswConfigDiff(m=16, ef_construct=128),
+                hnsw_config=m.HnswConfigDiff(m=self.hnsw.m, ef_construct=self.hnsw.ef_construct),
             )
             self.client.create_payload_index(_physical(ref), "label", m.PayloadSchemaType.KEYWORD)
         except Exception as e:
@@ -206,7 +202,7 @@ class ServerStore(Store):
         if len(vectors) == 0:
             return []
         payload = [*_PAYLOAD, "text"] if with_text else _PAYLOAD
-        params = m.SearchParams(hnsw_ef=max(self.hnsw_ef, limit), exact=exact)
+        params = m.SearchParams(hnsw_ef=max(self.hnsw.ef, limit), exact=exact)
         reqs = [m.QueryRequest(query=v.tolist(), limit=limit, with_payload=payload, params=params) for v in vectors]
         res = self.client.query_batch_points(_physical(ref), requests=reqs)
         return [

@@ -116,3 +116,17 @@ def test_backends_give_identical_results(tmp_path: Path) -> None:
     assert edge[2] == server[2] == 60
     assert edge[1] == server[1]  # same tuned rule and scores
     assert edge[0] == server[0]  # same labels and the same neighbour ids in the same order
+
+
+def test_hnsw_settings_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    from knnclass.store import HnswSettings
+
+    assert HnswSettings.from_env() == HnswSettings()
+    monkeypatch.setenv("KNNCLASS_HNSW_M", "48")
+    monkeypatch.setenv("KNNCLASS_HNSW_EF", "64")
+    assert HnswSettings.from_env() == HnswSettings(m=48, ef=64)
+    monkeypatch.setenv("KNNCLASS_HNSW_EF", "lots")
+    with pytest.raises(InputError, match="KNNCLASS_HNSW"):
+        HnswSettings.from_env()
+    with pytest.raises(InputError, match="out of range"):
+        HnswSettings(m=1)

@@ -68,7 +68,7 @@ def build_store(path: Path, n: int) -> tuple[dict[str, object], list[str]]:
 
 
 def measure_http(store: Path, queries: list[str], concurrency: int, seconds: float) -> dict[str, float]:
-    s = Server(store)
+    s = Server(store, "--max-in-flight", str(concurrency))  # every concurrent client admitted
     s.wait_ready(120)
     try:
         lat = []

@@ -24,10 +24,9 @@ from ._common import encoder_option, open_classifier, store_options
 )
 @click.option(
     "--max-in-flight",
-    default=8,
-    show_default=True,
+    default=None,
     type=click.IntRange(1, 100_000),
-    help="Requests in progress beyond which /v1 answers 429.",
+    help="Requests in progress beyond which /v1 answers 429 [default: 2 per usable CPU].",
 )
 @click.option(
     "--batch-wait-ms",
@@ -48,7 +47,7 @@ def serve(
     host: str,
     port: int,
     workers: int,
-    max_in_flight: int,
+    max_in_flight: int | None,
     batch_wait_ms: float,
     log_level: str,
     encoder_dir: Path | None,
@@ -70,7 +69,7 @@ def serve(
     settings = ServiceSettings(
         api_key=os.environ.get("KNNCLASS_API_KEY") or None,
         read_key=os.environ.get("KNNCLASS_READ_KEY") or None,
-        max_in_flight=max_in_flight,
+        **({"max_in_flight": max_in_flight} if max_in_flight else {}),
         batch_wait_ms=batch_wait_ms,
     )
     clf = open_classifier(encoder_dir=encoder_dir, create=False, **so)
@@ -85,7 +84,7 @@ def serve(
                 "KNNCLASS_COLLECTION": so["collection"],
                 "KNNCLASS_QDRANT_URL": so["qdrant_url"] or "",
                 "KNNCLASS_QDRANT_API_KEY": so["qdrant_api_key"] or "",
-                "KNNCLASS_MAX_IN_FLIGHT": str(max_in_flight),
+                "KNNCLASS_MAX_IN_FLIGHT": str(settings.max_in_flight),
                 "KNNCLASS_BATCH_WAIT_MS": str(batch_wait_ms),
                 **({"KNNCLASS_ENCODER": str(encoder_dir)} if encoder_dir else {}),
             }

@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from .._cpu import usable_cpus
 from ..errors import DependencyError, EncoderError, InputError
 
 __all__ = ["METADATA_FILE", "OnnxEncoder", "read_metadata", "select_providers"]
@@ -67,7 +68,7 @@ class OnnxEncoder:
         providers = select_providers(device, ort.get_available_providers())
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        opts.intra_op_num_threads = threads or int(os.environ.get("KNNCLASS_THREADS", "0")) or (os.cpu_count() or 1)
+        opts.intra_op_num_threads = threads or int(os.environ.get("KNNCLASS_THREADS", "0")) or usable_cpus()
         opts.inter_op_num_threads = 1
         opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         opts.log_severity_level = 3

@@ -23,10 +23,11 @@ def app_from_env() -> FastAPI:
         qdrant_api_key=env("KNNCLASS_QDRANT_API_KEY"),
         encoder_dir=encoder,  # type: ignore[arg-type]
     )
+    in_flight = env("KNNCLASS_MAX_IN_FLIGHT")
     settings = ServiceSettings(
         api_key=env("KNNCLASS_API_KEY") or None,
         read_key=env("KNNCLASS_READ_KEY") or None,
-        max_in_flight=int(env("KNNCLASS_MAX_IN_FLIGHT", "8")),
+        **({"max_in_flight": int(in_flight)} if in_flight else {}),
         batch_wait_ms=float(env("KNNCLASS_BATCH_WAIT_MS", "0")),
     )
     return create_app(clf, settings)

@@ -21,9 +21,9 @@ def _free_port() -> int:
 
 
 class Server:
-    """A `knnclass serve` subprocess; `url` is its base address."""
+    """A `knnclass serve` subprocess; `url` is its base address; `cpus` pins it (Linux)."""
 
-    def __init__(self, store: Path, *args: str, env: dict[str, str] | None = None):
+    def __init__(self, store: Path, *args: str, env: dict[str, str] | None = None, cpus: set[int] | None = None):
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc = subprocess.Popen(
@@ -31,6 +31,7 @@ class Server:
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             env={**os.environ, **(env or {})},
+            preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None,
         )
 
     def wait_ready(self, timeout: float = 60.0) -> None:

@@ -51,6 +51,8 @@ def test_classify_single_and_batch(client: TestClient) -> None:
     p = d["predictions"][0]
     assert p["label"] == "card" and not p["abstained"] and 0 < p["confidence"] <= 1
     assert p["neighbours"][0]["label"] == "card" and {"id", "label", "score"} == set(p["neighbours"][0])
+    app_ms = float(r.headers["server-timing"].removeprefix("app;dur="))  # the service's own handling time
+    assert 0 < app_ms < 60_000
     r = client.post("/v1/classify", json={"texts": ["pin reset", "transfer late"], "include_neighbours": False})
     preds = r.json()["predictions"]
     assert [p["label"] for p in preds] == ["pin", "transfer"] and "neighbours" not in preds[0]

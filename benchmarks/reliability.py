@@ -8,6 +8,7 @@ Loopback only; every loop is bounded in count and time. Writes benchmarks/result
 from __future__ import annotations
 
 import argparse
+import asyncio
 import csv
 import itertools
 import json
@@ -249,32 +250,30 @@ def overload(store: Path, max_in_flight: int | None, clients: int = 96, seconds:
         accepted_server: list[float] = []
         rejected = [0]
         retry_after = set()
-        lock = threading.Lock()
         stop = time.perf_counter() + seconds
 
-        def flood(k: int) -> None:
-            with httpx.Client(timeout=30) as c:
-                i = k
-                while time.perf_counter() < stop:
-                    t0 = time.perf_counter()
-                    r = c.post(s.url + "/v1/classify", json={"text": queries[i % 400]})
-                    dt = time.perf_counter() - t0
-                    with lock:
+        async def flood() -> None:  # one event loop, so client-side times are not GIL hand-offs between threads
+            limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+            async with httpx.AsyncClient(timeout=30, limits=limits) as c:
+
+                async def one(k: int) -> None:
+                    i = k
+                    while time.perf_counter() < stop:
+                        t0 = time.perf_counter()
+                        r = await c.post(s.url + "/v1/classify", json={"text": queries[i % 400]})
+                        dt = time.perf_counter() - t0
                         if r.status_code == 200:
                             accepted.append(dt)
                             accepted_server.append(_server_ms(r))
                         elif r.status_code == 429:
                             rejected[0] += 1
                             retry_after.add(r.headers.get("retry-after"))
-                    if r.status_code == 429:  # a well-behaved client waits as told
-                        time.sleep(float(r.headers.get("retry-after", "1")))
-                    i += 1
+                            await asyncio.sleep(float(r.headers.get("retry-after", "1")))  # as told
+                        i += 1
 
-        ths = [threading.Thread(target=flood, args=(k,)) for k in range(clients)]
-        for t in ths:
-            t.start()
-        for t in ths:
-            t.join()
+                await asyncio.gather(*(one(k) for k in range(clients)))
+
+        asyncio.run(flood())
     finally:
         os.sched_setaffinity(0, own)
     rss_after = _rss(s.proc.pid)
@@ -388,8 +387,10 @@ def main() -> None:
             "| 4 | corrupt / foreign store (truncated segment files, missing shard config, garbage marker, dangling pointer, "
             "wrong encoder stamp, foreign dir) | tests/integration/test_reliability.py, tests/unit/test_classifier.py | "
             "refused with a clear message; nothing recreated or removed | never silently recreated |",
-            "| 5 | disk full during index (100 MiB tmpfs) | test_disk_full_during_index | clear error naming how many were stored; "
-            "store reopens with exactly those; re-run completes | clear error, acknowledged data kept |",
+            "| 5 | disk full during index (100 MiB tmpfs); store remounted read-only between two index runs | "
+            "test_disk_full_during_index, test_read_only_store_during_index | clear error (how many were stored; "
+            "read-only needs a writable dir); store reopens with exactly what was acknowledged; re-run completes | "
+            "clear error, acknowledged data kept |",
             f"| 6 | HTTP fuzz (wrong types, huge numbers, deep JSON, bad UTF-8, control chars, >1 MiB, 10k batches) | "
             f"{fz['requests']:,} requests | codes {fz['codes']}; **{fz['5xx']} × 5xx**; alive: {fz['alive_after']} | 0 × 5xx |",
             "| 7 | CLI input fuzz (missing/extra columns, empty labels, BOM, mixed encodings, 10 MB field) | "

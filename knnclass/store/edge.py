@@ -6,6 +6,7 @@ ROOT/collections/NAME/CURRENT (atomically replaced), ROOT/collections/NAME/vN/{m
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -67,7 +68,12 @@ class EdgeStore(Store):
         try:
             self._lock = ProcessLock(self.root / ".lock", f"store {self.root}")
         except OSError as e:
-            raise StoreError(f"{self.root}: cannot lock store: {e.strerror}") from None
+            hint = (
+                "; the store needs a writable directory (remount it read-write, or copy the store elsewhere)"
+                if e.errno in (errno.EROFS, errno.EACCES, errno.EPERM)
+                else ""
+            )
+            raise StoreError(f"{self.root}: cannot lock store: {e.strerror}{hint}") from None
         try:
             self.check_space()
         except StoreError:

@@ -99,9 +99,9 @@ def test_idempotent_reimport_three_times(real_encoder, tmp_path: Path, data_dir:
     assert rules[0] == rules[1] == rules[2]
 
 
-def _can_mount(path: Path) -> bool:
+def _can_mount(path: Path, size: str = "100m") -> bool:
     path.mkdir(parents=True, exist_ok=True)
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=100m", "tmpfs", str(path)], capture_output=True)
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True)
     return r.returncode == 0
 
 
@@ -128,6 +128,32 @@ def test_disk_full_during_index(real_encoder, tmp_path: Path, data_dir: Path) ->
         )
         assert r.returncode == 0, r.stderr[-1000:]
         assert _count(store) == 10_003
+    finally:
+        subprocess.run(["umount", str(mnt)], capture_output=True)
+
+
+def test_read_only_store_during_index(real_encoder, tmp_path: Path, data_dir: Path) -> None:  # type: ignore[no-untyped-def]
+    mnt = tmp_path / "ro"
+    if shutil.which("mount") is None or not _can_mount(mnt, "400m"):
+        pytest.skip("needs permission to mount a small tmpfs (root)")
+    try:
+        store = mnt / "store"
+        first = _file(data_dir, tmp_path / "a.csv", 300)
+        r = subprocess.run([*KNN, "index", str(first), "--store", str(store)], capture_output=True, timeout=300)
+        assert r.returncode == 0, r.stderr[-1000:]
+        subprocess.run(["mount", "-o", "remount,ro", str(mnt)], check=True)
+        more = _file(data_dir, tmp_path / "b.csv", 900)
+        r = subprocess.run(
+            [*KNN, "index", str(more), "--store", str(store)], capture_output=True, text=True, timeout=300
+        )
+        assert r.returncode != 0
+        assert "Traceback" not in r.stderr and "read-only" in r.stderr.lower(), r.stderr[-1000:]
+        assert "writable" in r.stderr
+        subprocess.run(["mount", "-o", "remount,rw", str(mnt)], check=True)
+        assert _count(store) == 300  # untouched
+        r = subprocess.run([*KNN, "index", str(more), "--store", str(store)], capture_output=True, timeout=300)
+        assert r.returncode == 0, r.stderr[-1000:]
+        assert _count(store) == 900
     finally:
         subprocess.run(["umount", str(mnt)], capture_output=True)
 

@@ -6,12 +6,16 @@ serving never pays for it. Every export passes a parity gate against the torch m
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import logging
 import os
 import shutil
 import tempfile
 import time
+import warnings
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -221,12 +225,44 @@ def knn_accuracy(encoder: OnnxEncoder, data_dir: Path, k: int = 3) -> float:
     return float(np.mean([w >= 0 and labels[w] == e.label for w, e in zip(winner, test, strict=True)]))
 
 
+@contextlib.contextmanager
+def _quiet_libraries() -> Iterator[None]:
+    """Silence the export libraries' deprecation and tracer warnings (not knnclass's errors)."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.get_logger()  # configures the library's root logger now, so the level set below sticks
+    loggers = [logging.getLogger(n) for n in ("", "transformers", "optimum")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.setLevel(level)
+
+
 def export_encoder(
     src: str | Path,
     out: str | Path,
     settings: ExportSettings | None = None,
     name: str | None = None,
     parity_data: Path | None = None,
+) -> dict[str, Any]:
+    """Export the model as `_export_encoder` does, without the libraries' warnings."""
+    _require_train()
+    with _quiet_libraries():
+        return _export_encoder(src, out, settings, name, parity_data)
+
+
+def _export_encoder(
+    src: str | Path,
+    out: str | Path,
+    settings: ExportSettings | None,
+    name: str | None,
+    parity_data: Path | None,
 ) -> dict[str, Any]:
     """Export `src` (a local sentence-transformers dir) to `out`; returns the metadata.
 
@@ -259,7 +295,8 @@ def export_encoder(
         if not (final / "tokenizer.json").exists():
             raise ExportError(f"{src}: the model has no fast tokenizer (tokenizer.json); knnclass needs one")
         st = SentenceTransformer(str(src), device="cpu")
-        dim = int(st.get_sentence_embedding_dimension() or 0)
+        get_dim = getattr(st, "get_embedding_dimension", None) or st.get_sentence_embedding_dimension
+        dim = int(get_dim() or 0)
         identity = _file_hash(
             final / "model.onnx",
             final / "tokenizer.json",

@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from _common import RESULTS, banking_rows, pct, save
 
 from tests.fuzz_http import run_fuzz
-from tests.integration._server import Server
+from tests.integration._server import Server, kill_9_during_live_adds
 
 KNN = [sys.executable, "-m", "knnclass"]
 
@@ -142,7 +142,6 @@ def service_scenarios(work: Path, base: Path, max_in_flight: int | None) -> dict
     s.stop()
     out["overload"] = overload(store, max_in_flight)
     queries = [r["text"] for r in rows[:400]]
-    lock = threading.Lock()
     # 9. SIGTERM under load (every request admitted, so all 32 are in flight when the signal lands)
     s = Server(store, "--max-in-flight", "64")
     s.wait_ready()
@@ -169,48 +168,11 @@ def service_scenarios(work: Path, base: Path, max_in_flight: int | None) -> dict
         "failures": len([r for r in results if r != 200]),
     }
     # 2. kill -9 during live adds
-    s = Server(store)
-    s.wait_ready()
-    acked: list[str] = []
-    stop_w = threading.Event()
-
-    def writer(w: int) -> None:
-        i = 0
-        with httpx.Client(timeout=30) as c:
-            while not stop_w.is_set():
-                batch = [
-                    {"id": f"k{w}-{i + j}", "text": f"ticket {w}/{i + j} about a refund", "label": "refund"}
-                    for j in range(8)
-                ]
-                try:
-                    r = c.post(s.url + "/v1/examples", json={"examples": batch})
-                except httpx.HTTPError:
-                    return
-                if r.status_code == 200:
-                    with lock:
-                        acked.extend(e["id"] for e in batch)
-                i += 8
-
-    ths = [threading.Thread(target=writer, args=(w,)) for w in range(4)]
-    for t in ths:
-        t.start()
-    time.sleep(5)
-    s.proc.kill()
-    s.proc.wait()
-    stop_w.set()
-    for t in ths:
-        t.join()
-    t0 = time.perf_counter()
-    s = Server(store)
-    s.wait_ready()
-    ready_s = time.perf_counter() - t0
-    with httpx.Client(timeout=30) as c:
-        missing = sum(c.get(f"{s.url}/v1/examples/{i}").status_code != 200 for i in acked)
-    s.stop()
+    k = kill_9_during_live_adds(store, writers=4, seconds=5)
     out["kill9_during_live_adds"] = {
-        "acknowledged": len(acked),
-        "missing_after_restart": missing,
-        "restart_ready_s": round(ready_s, 2),
+        "acknowledged": len(k["acknowledged"]),
+        "missing_after_restart": len(k["missing"]),
+        "restart_ready_s": round(k["restart_ready_s"], 2),
     }
     return out
 

@@ -6,12 +6,14 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 
-__all__ = ["Server"]
+__all__ = ["Server", "kill_9_during_live_adds"]
 
 
 def _free_port() -> int:
@@ -58,3 +60,49 @@ class Server:
                 self.proc.kill()
                 self.proc.wait()
         return int(self.proc.returncode)
+
+
+def kill_9_during_live_adds(store: Path, writers: int, seconds: float, batch: int = 8) -> dict[str, Any]:
+    """Start a server, add examples from `writers` threads, SIGKILL it after `seconds`,
+    restart it and look up every add that was acknowledged (2xx) before the kill."""
+    s = Server(store)
+    s.wait_ready()
+    acked: list[str] = []
+    lock = threading.Lock()
+    stop = threading.Event()
+
+    def writer(w: int) -> None:
+        i = 0
+        with httpx.Client(timeout=30) as c:
+            while not stop.is_set():
+                examples = [
+                    {"id": f"live{w}-{i + j}", "text": f"new ticket {w}/{i + j} about my card", "label": "card_arrival"}
+                    for j in range(batch)
+                ]
+                try:
+                    r = c.post(s.url + "/v1/examples", json={"examples": examples})
+                except httpx.HTTPError:
+                    return
+                if r.status_code == 200:
+                    with lock:
+                        acked.extend(e["id"] for e in examples)
+                i += batch
+
+    threads = [threading.Thread(target=writer, args=(w,)) for w in range(writers)]
+    for t in threads:
+        t.start()
+    time.sleep(seconds)
+    s.proc.kill()  # SIGKILL mid-write
+    s.proc.wait()
+    stop.set()
+    for t in threads:
+        t.join()
+    t0 = time.perf_counter()
+    s = Server(store)
+    s.wait_ready()
+    ready_s = time.perf_counter() - t0
+    with httpx.Client(timeout=30) as c:
+        missing = [i for i in acked if c.get(f"{s.url}/v1/examples/{i}").status_code != 200]
+        count = int(c.get(s.url + "/readyz").json()["count"])
+    s.stop()
+    return {"acknowledged": acked, "missing": missing, "restart_ready_s": ready_s, "count": count}

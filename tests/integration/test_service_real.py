@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from ._server import Server
+from ._server import Server, kill_9_during_live_adds
 
 pytestmark = pytest.mark.usefixtures("real_encoder")
 
@@ -99,43 +99,10 @@ def test_sigterm_drains_in_flight_requests(store: Path) -> None:
 
 
 def test_kill_9_during_live_adds_keeps_every_acknowledged_add(store: Path) -> None:
-    s = Server(store)
-    s.wait_ready()
-    acked: list[str] = []
-    stop = threading.Event()
-
-    def writer() -> None:
-        i = 0
-        with httpx.Client(timeout=30) as c:
-            while not stop.is_set():
-                batch = [
-                    {"id": f"live-{i + j}", "text": f"new ticket number {i + j} about my card", "label": "card_arrival"}
-                    for j in range(16)
-                ]
-                try:
-                    r = c.post(s.url + "/v1/examples", json={"examples": batch})
-                except httpx.HTTPError:
-                    return
-                if r.status_code == 200:
-                    acked.extend(e["id"] for e in batch)
-                i += 16
-
-    t = threading.Thread(target=writer)
-    t.start()
-    time.sleep(3)
-    s.proc.kill()  # SIGKILL mid-write
-    s.proc.wait()
-    stop.set()
-    t.join()
-    assert len(acked) >= 16
-    s2 = Server(store)
-    s2.wait_ready()
-    with httpx.Client(timeout=30) as c:
-        missing = [i for i in acked if c.get(f"{s2.url}/v1/examples/{i}").status_code != 200]
-        count = c.get(s2.url + "/readyz").json()["count"]
-    s2.stop()
-    assert missing == []
-    assert count >= 1001 + len(acked)
+    r = kill_9_during_live_adds(store, writers=1, seconds=3, batch=16)
+    assert len(r["acknowledged"]) >= 16
+    assert r["missing"] == []
+    assert r["count"] >= 1001 + len(r["acknowledged"])
 
 
 def test_livez_stays_responsive_while_examples_are_added(store: Path, data_dir: Path) -> None:

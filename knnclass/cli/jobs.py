@@ -77,6 +77,13 @@ def _data_options(f: Any) -> Any:
             "--warmup", default=0.1, show_default=True, type=click.FloatRange(0, 0.99), help="Fraction of steps."
         ),
         click.option("--batch-size", default=32, show_default=True, type=click.IntRange(1, 4096)),
+        click.option(
+            "--max-seq-length",
+            default=128,
+            show_default=True,
+            type=click.IntRange(8, 512),
+            help="Tokens per text while training (tickets longer than this are truncated).",
+        ),
         click.option("--seed", default=0, show_default=True, type=int),
         click.option("--scale", default=20.0, show_default=True, type=float, help="Cosine-head logit scale."),
         click.option("--max-steps", default=None, type=click.IntRange(1), help="Stop after this many steps."),
@@ -131,6 +138,7 @@ def _prepare(train_path: Path, kw: dict[str, Any]) -> tuple[Any, Any, Any]:
         scheduler=kw.pop("scheduler"),
         warmup=kw.pop("warmup"),
         batch_size=kw.pop("batch_size"),
+        max_seq_length=kw.pop("max_seq_length"),
         seed=kw.pop("seed"),
         scale=kw.pop("scale"),
         max_steps=kw.pop("max_steps"),

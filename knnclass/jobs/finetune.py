@@ -509,7 +509,8 @@ def _train_encoder(
         torch.set_num_threads(s.threads)
     t_start = time.perf_counter()
     model = SentenceTransformer(str(base), device="cpu")
-    model.max_seq_length = min(s.max_seq_length, model.max_seq_length or s.max_seq_length)
+    serving_max_len = int(model.max_seq_length or s.max_seq_length)
+    model.max_seq_length = min(s.max_seq_length, serving_max_len)  # training-time truncation only
 
     # Freeze: nothing (full) or every layer below the top one(s) (last-layer).
     frozen = 0
@@ -635,6 +636,7 @@ def _train_encoder(
     model.eval()
     final_heads = numpy_heads()
     st_dir = out / "encoder-st"
+    model.max_seq_length = serving_max_len  # the tuned encoder serves texts as long as the base model did
     model.save(str(st_dir))
     _legacy_st_config(st_dir, int(model.max_seq_length))
     save_heads(out / HEADS_FILE, list(final_heads.values()))

@@ -33,7 +33,9 @@ def tiny(data_dir: Path) -> tuple[TaskSet, TaskSet]:
 def full_run(tiny: tuple[TaskSet, TaskSet], tmp_path_factory: pytest.TempPathFactory, encoder_cache: Path) -> Path:
     train, val = tiny
     out = tmp_path_factory.mktemp("ft") / "full"
-    s = FinetuneSettings(strategy="full", epochs=2, lr=5e-5, head_lr=1e-2, batch_size=8, max_steps=6, seed=3)
+    s = FinetuneSettings(
+        strategy="full", epochs=2, lr=5e-5, head_lr=1e-2, batch_size=8, max_steps=6, seed=3, max_seq_length=32
+    )
     run_finetune(train, val, s, out, progress=False)
     return out
 
@@ -65,6 +67,7 @@ def test_tuned_encoder_changes_and_serves_without_torch_head(full_run: Path, dat
     from knnclass.encoders import default_model_dir, load_encoder
 
     enc = load_encoder(full_run / "encoder")
+    assert enc.max_tokens == load_encoder(None).max_tokens  # trained on 32 tokens, serves the base model's limit
     v = enc.embed(["my card has not arrived", "how do I change my pin"])
     assert v.shape == (2, 384) and np.allclose(np.linalg.norm(v, axis=1), 1, atol=1e-3)
     labels, conf = load_heads(full_run / "heads.npz")["urgency"].predict(v)

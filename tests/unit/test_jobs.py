@@ -6,6 +6,7 @@ import json
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -244,7 +245,8 @@ def test_readers_during_promote_never_fail_or_mix(tmp_path: Path) -> None:
         assert set(versions[first_v2:]) == {"v2"}  # once a reader sees v2 it never goes back
 
 
-def _service_promote(tmp_path: Path, enc_b: NamedFake) -> tuple[list[int], set[str]]:
+def _service_promote(tmp_path: Path, enc_b: NamedFake) -> tuple[list[int], list[str]]:
+    """Promote to v2, then roll back to v1, while a service answers classify calls."""
     from fastapi.testclient import TestClient
 
     from knnclass.service import create_app
@@ -258,42 +260,43 @@ def _service_promote(tmp_path: Path, enc_b: NamedFake) -> tuple[list[int], set[s
     clf = Classifier(st, "tickets", encoder_loader=lambda source: encs[source])
     run = _run_dir(tmp_path)
     statuses: list[int] = []
-    versions: set[str] = set()
+    versions: list[str] = []
     with TestClient(create_app(clf)) as client:
-        done = threading.Event()
 
-        def do_promote() -> None:
-            try:
-                promote(st, "tickets", run, encoder=enc_b)
-            finally:
-                done.set()
-
-        t = threading.Thread(target=do_promote)
-        t.start()
-        while not done.is_set() or len(statuses) < 20:
+        def call() -> None:
             r = client.post("/v1/classify", json={"text": "my card question"})
             statuses.append(r.status_code)
             if r.status_code == 200:
-                versions.add(r.json()["version"])
+                versions.append(r.json()["version"])
                 assert r.json()["predictions"][0]["label"] == "card"
-            if len(statuses) > 2000:
-                break
-        t.join()
-        for _ in range(5):
-            r = client.post("/v1/classify", json={"text": "my card question"})
-            statuses.append(r.status_code)
-            if r.status_code == 200:
-                versions.add(r.json()["version"])
+
+        for job in (lambda: promote(st, "tickets", run, encoder=enc_b), lambda: rollback(st, "tickets")):
+            done = threading.Event()
+
+            def run_job(job: Any = job, done: threading.Event = done) -> None:
+                try:
+                    job()
+                finally:
+                    done.set()
+
+            t = threading.Thread(target=run_job)
+            t.start()
+            n0 = len(statuses)
+            while (not done.is_set() or len(statuses) - n0 < 20) and len(statuses) - n0 < 2000:
+                call()
+            t.join()
+            for _ in range(5):
+                call()
     return statuses, versions
 
 
 def test_promote_same_encoder_with_service_running(tmp_path: Path) -> None:
     statuses, versions = _service_promote(tmp_path, NamedFake("fake-a", topics=TOPICS))
     assert set(statuses) == {200}, f"{statuses.count(200)} ok of {len(statuses)}"
-    assert "v2" in versions
+    assert versions[0] == "v1" and "v2" in versions and versions[-1] == "v1"  # promoted, then rolled back
 
 
 def test_promote_new_encoder_with_service_running(tmp_path: Path) -> None:
     statuses, versions = _service_promote(tmp_path, NamedFake("fake-b", dim=24, topics=TOPICS))
     assert set(statuses) == {200}, f"{statuses.count(200)} ok of {len(statuses)}"
-    assert "v2" in versions
+    assert versions[0] == "v1" and "v2" in versions and versions[-1] == "v1"  # promoted, then rolled back

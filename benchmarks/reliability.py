@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from _common import RESULTS, banking_rows, pct, save
 
 from tests.fuzz_http import run_fuzz
-from tests.integration._server import Server, kill_9_during_live_adds
+from tests.integration._server import Server, kill_9_during_live_adds, livez_while_adding
 
 KNN = [sys.executable, "-m", "knnclass"]
 
@@ -95,32 +95,11 @@ def service_scenarios(work: Path, base: Path, max_in_flight: int | None) -> dict
     shutil.copytree(base, store)
     s = Server(store)
     s.wait_ready()
-    lat: list[float] = []
-    done = threading.Event()
-
-    def probe() -> None:
-        with httpx.Client(timeout=10) as c:
-            while not done.is_set():
-                t0 = time.perf_counter()
-                c.get(s.url + "/livez")
-                lat.append(time.perf_counter() - t0)
-                time.sleep(0.01)
-
-    th = threading.Thread(target=probe)
-    th.start()
-    t0 = time.perf_counter()
-    with httpx.Client(timeout=120) as c:
-        for b in range(0, 10_000, 256):
-            ex = [
-                {"text": rows[i]["text"] + f" [live {i}]", "label": rows[i]["category"]}
-                for i in range(b, min(b + 256, 10_000))
-            ]
-            assert c.post(s.url + "/v1/examples", json={"examples": ex}).status_code == 200
-    add_s = time.perf_counter() - t0
-    done.set()
-    th.join()
+    live = livez_while_adding(s, rows, 10_000)
+    lat, add_s = live["latencies"], live["add_s"]
     out["livez_during_10k_adds"] = {
         "adds_s": round(add_s, 1),
+        "failed_probes": live["failed_probes"],
         "probes": len(lat),
         "p50_ms": pct(lat, 50) * 1e3,
         "p99_ms": pct(lat, 99) * 1e3,

@@ -13,7 +13,7 @@ from typing import Any
 
 import httpx
 
-__all__ = ["Server", "kill_9_during_live_adds"]
+__all__ = ["Server", "kill_9_during_live_adds", "livez_while_adding"]
 
 
 def _free_port() -> int:
@@ -106,3 +106,37 @@ def kill_9_during_live_adds(store: Path, writers: int, seconds: float, batch: in
         count = int(c.get(s.url + "/readyz").json()["count"])
     s.stop()
     return {"acknowledged": acked, "missing": missing, "restart_ready_s": ready_s, "count": count}
+
+
+def livez_while_adding(s: Server, rows: list[dict[str, str]], n: int, batch: int = 256) -> dict[str, Any]:
+    """Probe /livez every 10 ms while `n` examples (texts of `rows`, made unique) are added
+    over HTTP in batches; returns the probe latencies, failed probes and the adding time."""
+    lat: list[float] = []
+    failed = [0]
+    done = threading.Event()
+
+    def probe() -> None:
+        with httpx.Client(timeout=10) as c:
+            while not done.is_set():
+                t0 = time.perf_counter()
+                ok = c.get(s.url + "/livez").status_code == 200
+                lat.append(time.perf_counter() - t0)
+                failed[0] += not ok
+                time.sleep(0.01)
+
+    th = threading.Thread(target=probe)
+    th.start()
+    t0 = time.perf_counter()
+    try:
+        with httpx.Client(timeout=120) as c:
+            for b in range(0, n, batch):
+                ex = [
+                    {"text": f"{rows[i % len(rows)]['text']} [live {i}]", "label": rows[i % len(rows)]["category"]}
+                    for i in range(b, min(b + batch, n))
+                ]
+                r = c.post(s.url + "/v1/examples", json={"examples": ex})
+                assert r.status_code == 200, r.text
+    finally:
+        done.set()
+        th.join()
+    return {"latencies": lat, "failed_probes": failed[0], "add_s": time.perf_counter() - t0}

@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from _common import RESULTS, banking_rows, pct, save
 
 from tests.fuzz_http import run_fuzz
-from tests.integration._server import Server, kill_9_during_live_adds, livez_while_adding
+from tests.integration._server import Server, kill_9_during_live_adds, livez_while_adding, sigterm_under_load
 
 KNN = [sys.executable, "-m", "knnclass"]
 
@@ -123,27 +123,12 @@ def service_scenarios(work: Path, base: Path, max_in_flight: int | None) -> dict
     # 9. SIGTERM under load (every request admitted, so all 32 are in flight when the signal lands)
     s = Server(store, "--max-in-flight", "64")
     s.wait_ready()
-    results: list[Any] = []
-
-    def call() -> None:
-        try:
-            with httpx.Client(timeout=60) as c:
-                results.append(c.post(s.url + "/v1/classify", json={"texts": queries[:64]}).status_code)
-        except httpx.HTTPError as e:
-            results.append(type(e).__name__)
-
-    ths = [threading.Thread(target=call) for _ in range(32)]
-    for t in ths:
-        t.start()
-    time.sleep(0.3)
-    s.proc.send_signal(signal.SIGTERM)
-    for t in ths:
-        t.join()
-    s.proc.wait(60)
+    results = sigterm_under_load(s, 32, queries[:64])
     out["sigterm_under_load"] = {
         "in_flight": len(results),
         "ok": results.count(200),
         "failures": len([r for r in results if r != 200]),
+        "failure_kinds": sorted({str(r) for r in results if r != 200}),
     }
     # 2. kill -9 during live adds
     k = kill_9_during_live_adds(store, writers=4, seconds=5)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -13,7 +14,7 @@ from typing import Any
 
 import httpx
 
-__all__ = ["Server", "kill_9_during_live_adds", "livez_while_adding"]
+__all__ = ["Server", "kill_9_during_live_adds", "livez_while_adding", "sigterm_under_load"]
 
 
 def _free_port() -> int:
@@ -140,3 +141,30 @@ def livez_while_adding(s: Server, rows: list[dict[str, str]], n: int, batch: int
         done.set()
         th.join()
     return {"latencies": lat, "failed_probes": failed[0], "add_s": time.perf_counter() - t0}
+
+
+def sigterm_under_load(s: Server, n: int, texts: list[str]) -> list[int | str]:
+    """Send `n` concurrent classify calls over connections opened beforehand, SIGTERM the
+    server while they are in flight, and return each call's status code (or error name)."""
+    results: list[int | str] = []
+    ready = threading.Barrier(n + 1)
+
+    def call() -> None:
+        with httpx.Client(timeout=60) as c:
+            c.get(s.url + "/livez")  # the connection is open before the burst
+            ready.wait()
+            try:
+                results.append(c.post(s.url + "/v1/classify", json={"texts": texts}).status_code)
+            except httpx.HTTPError as e:
+                results.append(type(e).__name__)
+
+    threads = [threading.Thread(target=call) for _ in range(n)]
+    for t in threads:
+        t.start()
+    ready.wait()
+    time.sleep(0.3)  # the requests are read and queued
+    s.proc.send_signal(signal.SIGTERM)
+    for t in threads:
+        t.join()
+    s.proc.wait(60)
+    return results

@@ -8,14 +8,12 @@ import shutil
 import signal
 import subprocess
 import sys
-import threading
-import time
 from pathlib import Path
 
 import httpx
 import pytest
 
-from ._server import Server, kill_9_during_live_adds, livez_while_adding
+from ._server import Server, kill_9_during_live_adds, livez_while_adding, sigterm_under_load
 
 pytestmark = pytest.mark.usefixtures("real_encoder")
 
@@ -71,24 +69,7 @@ print("ok")
 def test_sigterm_drains_in_flight_requests(store: Path) -> None:
     s = Server(store, "--max-in-flight", "32")  # all 12 requests admitted, then drained
     s.wait_ready()
-    texts = ["my transfer has not arrived"] * 64
-    results: list[int | str] = []
-
-    def call() -> None:
-        try:
-            with httpx.Client(timeout=60) as c:
-                results.append(c.post(s.url + "/v1/classify", json={"texts": texts}).status_code)
-        except httpx.HTTPError as e:
-            results.append(type(e).__name__)
-
-    threads = [threading.Thread(target=call) for _ in range(12)]
-    for t in threads:
-        t.start()
-    time.sleep(0.3)  # requests are in flight
-    s.proc.send_signal(signal.SIGTERM)
-    for t in threads:
-        t.join()
-    s.proc.wait(60)
+    results = sigterm_under_load(s, 12, ["my transfer has not arrived"] * 64)
     err = s.proc.stderr.read().decode() if s.proc.stderr else ""
     assert results == [200] * 12, results
     assert "store flushed and closed" in err

@@ -5,6 +5,7 @@ Short variants run by default; `-m slow` runs the long ones (issue: reliability 
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import os
 import random
@@ -13,6 +14,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -99,17 +101,25 @@ def test_idempotent_reimport_three_times(real_encoder, tmp_path: Path, data_dir:
     assert rules[0] == rules[1] == rules[2]
 
 
-def _can_mount(path: Path, size: str = "100m") -> bool:
+@contextlib.contextmanager
+def _tmpfs(path: Path, size: str) -> Iterator[Path]:
+    """A tmpfs of `size` mounted at `path` for the block (skips the test where mounting is not allowed)."""
     path.mkdir(parents=True, exist_ok=True)
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True)
-    return r.returncode == 0
+    if (
+        shutil.which("mount") is None
+        or subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True
+        ).returncode
+    ):
+        pytest.skip("needs permission to mount a small tmpfs (root)")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", str(path)], capture_output=True)
 
 
 def test_disk_full_during_index(real_encoder, tmp_path: Path, data_dir: Path) -> None:  # type: ignore[no-untyped-def]
-    mnt = tmp_path / "small"
-    if shutil.which("mount") is None or not _can_mount(mnt):
-        pytest.skip("needs permission to mount a small tmpfs (root)")
-    try:
+    with _tmpfs(tmp_path / "small", "100m") as mnt:
         src = _file(data_dir, tmp_path / "t.csv", 10_003)
         store = mnt / "store"
         r = subprocess.run(
@@ -128,15 +138,10 @@ def test_disk_full_during_index(real_encoder, tmp_path: Path, data_dir: Path) ->
         )
         assert r.returncode == 0, r.stderr[-1000:]
         assert _count(store) == 10_003
-    finally:
-        subprocess.run(["umount", str(mnt)], capture_output=True)
 
 
 def test_read_only_store_during_index(real_encoder, tmp_path: Path, data_dir: Path) -> None:  # type: ignore[no-untyped-def]
-    mnt = tmp_path / "ro"
-    if shutil.which("mount") is None or not _can_mount(mnt, "400m"):
-        pytest.skip("needs permission to mount a small tmpfs (root)")
-    try:
+    with _tmpfs(tmp_path / "ro", "400m") as mnt:
         store = mnt / "store"
         first = _file(data_dir, tmp_path / "a.csv", 300)
         r = subprocess.run([*KNN, "index", str(first), "--store", str(store)], capture_output=True, timeout=300)
@@ -154,8 +159,6 @@ def test_read_only_store_during_index(real_encoder, tmp_path: Path, data_dir: Pa
         r = subprocess.run([*KNN, "index", str(more), "--store", str(store)], capture_output=True, timeout=300)
         assert r.returncode == 0, r.stderr[-1000:]
         assert _count(store) == 900
-    finally:
-        subprocess.run(["umount", str(mnt)], capture_output=True)
 
 
 def _indexed_store(tmp_path: Path, data_dir: Path) -> Path:

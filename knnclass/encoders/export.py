@@ -74,22 +74,36 @@ class ExportSettings:
     quantize: str = "int8"  # int8 | none
     optimize: str | None = None  # O1 | O2 | O3 | O4 | None
     per_channel: bool = True
-    # MatMuls left in fp32 (see KEEP_FP32): the FFN output projections see GELU outliers
-    # that int8 clips; keeping the attention output projections too holds kNN accuracy.
-    keep_fp32: str = "ffn_out+att_out"
+    # int8 activation scales: per_row (one per token, knnclass's rewrite, see _rowwise)
+    # or per_tensor (onnxruntime's dynamic quantisation: one per batch).
+    activations: str = "per_row"
+    # MatMuls left in fp32 (see KEEP_FP32). With per-tensor scales the FFN output
+    # projections' GELU outliers coarsen the whole batch; per-row scales need none kept.
+    keep_fp32: str = "none"
     target: str = "auto"  # auto | avx512_vnni | avx2 | arm64
     min_cosine: float = 0.98
     mean_cosine: float = 0.995
     max_knn_drop_pt: float = 0.3
 
 
-# Which MatMuls stay fp32, fastest variant first (measured on 2 AVX-512 VNNI cores).
+# Which MatMuls stay fp32.
 KEEP_FP32 = {
     "none": lambda n: False,
     "ffn_out": lambda n: "/output/dense" in n and "attention" not in n,
     "ffn_out+att_out": lambda n: "/output/dense" in n,
     "ffn_out+edge_layers": lambda n: ("/output/dense" in n and "attention" not in n) or "/layer.0/" in n,
 }
+
+
+# int8 variants (activation scales, MatMuls kept fp32) in the order `export_best` tries
+# them: fastest first, as measured on 2 AVX-512 VNNI cores (benchmarks/encoder.py).
+BEST_ORDER = [
+    ("per_row", "none"),
+    ("per_row", "ffn_out"),
+    ("per_tensor", "ffn_out"),
+    ("per_tensor", "ffn_out+att_out"),
+    ("per_tensor", "ffn_out+edge_layers"),
+]
 
 
 def resolve_target(target: str) -> str:
@@ -188,6 +202,15 @@ def _export_onnx(src: Path, work: Path, settings: ExportSettings) -> Path:
         keep = KEEP_FP32.get(settings.keep_fp32)
         if keep is None:
             raise InputError(f"keep_fp32 must be one of {', '.join(KEEP_FP32)}, not {settings.keep_fp32!r}")
+        # Without VNNI, u8 x s8 products can saturate the 16-bit accumulators: use 7 bits.
+        seven_bit = resolve_target(settings.target) == "avx2"
+        if settings.activations == "per_row":
+            from ._rowwise import quantize_rows
+
+            quantize_rows(onnx_path, out, keep, weight_max=63 if seven_bit else 127)
+            return out
+        if settings.activations != "per_tensor":
+            raise InputError(f"activations must be per_row or per_tensor, not {settings.activations!r}")
         graph = onnx.load(str(onnx_path), load_external_data=False).graph
         exclude = [n.name for n in graph.node if n.op_type == "MatMul" and keep(n.name)]
         quantize_dynamic(
@@ -195,8 +218,7 @@ def _export_onnx(src: Path, work: Path, settings: ExportSettings) -> Path:
             str(out),
             weight_type=QuantType.QInt8,
             per_channel=settings.per_channel,
-            # Without VNNI, u8 x s8 products can saturate the 16-bit accumulators: use 7 bits.
-            reduce_range=resolve_target(settings.target) == "avx2",
+            reduce_range=seven_bit,
             op_types_to_quantize=["MatMul", "Gemm", "Attention"],
             nodes_to_exclude=exclude,
             extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
@@ -365,11 +387,13 @@ def export_best(
     if settings.quantize == "none":
         return export_encoder(src, out, settings, name, parity_data)
     failures = []
-    for keep in ("ffn_out", "ffn_out+att_out", "ffn_out+edge_layers"):
+    for activations, keep in BEST_ORDER:
         try:
-            meta = export_encoder(src, out, replace(settings, keep_fp32=keep), name, parity_data)
+            meta = export_encoder(
+                src, out, replace(settings, activations=activations, keep_fp32=keep), name, parity_data
+            )
         except ExportError as e:
-            failures.append(f"{keep}: {e}")
+            failures.append(f"{activations}/{keep}: {e}")
             continue
         meta["rejected_variants"] = failures
         Path(out, METADATA_FILE).write_text(json.dumps(meta, indent=2))

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -65,18 +67,16 @@ class OnnxEncoder:
         self._dir = Path(model_dir).resolve()
         self.meta = read_metadata(self._dir)
         self._batch_size = batch_size
+        self._threads = threads or int(os.environ.get("KNNCLASS_THREADS", "0")) or usable_cpus()
+        self._model_file = self._dir / self.meta["model_file"]
         providers = select_providers(device, ort.get_available_providers())
-        opts = ort.SessionOptions()
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        opts.intra_op_num_threads = threads or int(os.environ.get("KNNCLASS_THREADS", "0")) or usable_cpus()
-        opts.inter_op_num_threads = 1
-        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        opts.log_severity_level = 3
-        model_file = self._dir / self.meta["model_file"]
         if providers[0] == "CUDAExecutionProvider" and self.meta.get("cuda_model_file"):
-            model_file = self._dir / self.meta["cuda_model_file"]
+            self._model_file = self._dir / self.meta["cuda_model_file"]
+        # For calls of several batches: a one-thread session and a worker per thread (see embed).
+        self._bulk: tuple[Any, ThreadPoolExecutor] | None = None
+        self._bulk_lock = threading.Lock()
         try:
-            self._session = ort.InferenceSession(str(model_file), sess_options=opts, providers=providers)
+            self._session = self._new_session(self._threads, providers)
             tok = Tokenizer.from_file(str(self._dir / "tokenizer.json"))
         except Exception as e:  # onnxruntime and tokenizers raise plain exceptions
             raise EncoderError(f"{self._dir}: cannot load encoder: {e}") from None
@@ -87,6 +87,27 @@ class OnnxEncoder:
         self._output = self._session.get_outputs()[0].name
         self._pad_id = int(self.meta.get("pad_id", 0))
         self.providers = providers
+
+    def _new_session(self, threads: int, providers: list[str]) -> Any:
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        opts.log_severity_level = 3
+        return ort.InferenceSession(str(self._model_file), sess_options=opts, providers=providers)
+
+    def _bulk_runner(self) -> tuple[Any, ThreadPoolExecutor] | None:
+        """A one-thread session shared by `threads` workers, made on first bulk use (CPU only)."""
+        if self._threads < 2 or self.providers[0] != "CPUExecutionProvider":
+            return None
+        with self._bulk_lock:
+            if self._bulk is None:
+                session = self._new_session(1, self.providers)
+                self._bulk = (session, ThreadPoolExecutor(self._threads, thread_name_prefix="knnclass-embed"))
+            return self._bulk
 
     @property
     def identity(self) -> str:
@@ -107,7 +128,7 @@ class OnnxEncoder:
     def count_tokens(self, texts: Sequence[str]) -> list[int]:
         return [len(e.ids) for e in self._tok.encode_batch(list(texts))]
 
-    def _run(self, ids: list[list[int]]) -> np.ndarray:
+    def _run(self, ids: list[list[int]], session: Any = None) -> np.ndarray:
         width = max(len(x) for x in ids)
         input_ids = np.full((len(ids), width), self._pad_id, dtype=np.int64)
         mask = np.zeros((len(ids), width), dtype=np.int64)
@@ -117,7 +138,7 @@ class OnnxEncoder:
         feed = {"input_ids": input_ids, "attention_mask": mask}
         if "token_type_ids" in self._inputs:
             feed["token_type_ids"] = np.zeros_like(input_ids)
-        hidden = self._session.run([self._output], feed)[0]
+        hidden = (session or self._session).run([self._output], feed)[0]
         if hidden.ndim == 2:  # graph already pools
             pooled = hidden.astype(np.float32)
         elif self.meta["pooling"] == "cls":
@@ -143,7 +164,18 @@ class OnnxEncoder:
         order = np.argsort([len(x) for x in ids], kind="stable")
         out = np.empty((len(texts), self.dim), dtype=np.float32)
         bs = self._batch_size
-        for start in range(0, len(order), bs):
-            idx = order[start : start + bs]
-            out[idx] = self._run([ids[i] for i in idx])
+        batches = [order[start : start + bs] for start in range(0, len(order), bs)]
+        bulk = self._bulk_runner() if len(batches) > 1 else None
+        if bulk is None:
+            for idx in batches:
+                out[idx] = self._run([ids[i] for i in idx])
+            return out
+        # Small GEMMs scale poorly across threads: one single-threaded run per core on
+        # different batches is faster in bulk than every core on each batch in turn
+        # (onnxruntime releases the GIL while it runs).
+        session, pool = bulk
+        for idx, vecs in zip(
+            batches, pool.map(lambda b: self._run([ids[i] for i in b], session), batches), strict=True
+        ):
+            out[idx] = vecs
         return out

@@ -187,3 +187,16 @@ def test_embed_cli_json(real_encoder, slices, tmp_path: Path) -> None:  # type: 
     assert np.allclose(np.linalg.norm(v, axis=1), 1, atol=1e-5)
     first = next(csv.DictReader(train.open()))["text"]
     assert float(v[0] @ real_encoder.embed([first])[0]) > 0.98  # input order kept
+
+
+def test_bulk_workers_and_single_calls_give_the_batched_vectors(real_encoder, slices) -> None:  # type: ignore[no-untyped-def]
+    from knnclass.encoders import OnnxEncoder
+
+    texts = [r["text"] for r in csv.DictReader(slices[0].open())]
+    one_thread = OnnxEncoder(real_encoder.source, threads=1).embed(texts)  # one batch after another
+    workers = OnnxEncoder(real_encoder.source, threads=2)
+    bulk = workers.embed(texts)  # batches side by side on the one-thread session
+    assert np.abs(bulk - one_thread).max() < 1e-5
+    # Per-row int8 scales: a text's vector does not depend on the batch it was embedded in.
+    single = np.stack([workers.embed([t])[0] for t in texts[:40]])
+    assert float(np.min(np.sum(single * bulk[:40], axis=1))) > 0.9999

@@ -59,7 +59,7 @@ class OnnxEncoder:
         model_dir: str | Path,
         device: str = "cpu",
         threads: int | None = None,
-        batch_size: int = 32,
+        batch_size: int = 16,
     ):
         import onnxruntime as ort
         from tokenizers import Tokenizer

@@ -18,6 +18,9 @@ from ..errors import DependencyError, EncoderError, InputError
 __all__ = ["METADATA_FILE", "OnnxEncoder", "read_metadata", "select_providers"]
 
 METADATA_FILE = "knnclass-encoder.json"
+# A lone batch with at least this many token slots (rows x width) runs on every thread:
+# one 342-token text takes 18 ms on 2 threads vs 29 ms on 1; a short ticket gains nothing.
+WIDE_TOKENS = 128
 
 
 def read_metadata(model_dir: Path) -> dict[str, Any]:
@@ -72,11 +75,17 @@ class OnnxEncoder:
         providers = select_providers(device, ort.get_available_providers())
         if providers[0] == "CUDAExecutionProvider" and self.meta.get("cuda_model_file"):
             self._model_file = self._dir / self.meta["cuda_model_file"]
-        # For calls of several batches: a one-thread session and a worker per thread (see embed).
-        self._bulk: tuple[Any, ThreadPoolExecutor] | None = None
-        self._bulk_lock = threading.Lock()
+        # CPU: `_session` runs on one thread (no intra-op barriers: steadier tails under
+        # concurrent requests); calls of several batches spread them over `threads` workers,
+        # and one large batch goes to a `threads`-wide session made on first use.
+        self._spread = providers[0] == "CPUExecutionProvider" and self._threads >= 2
+        self._pool: ThreadPoolExecutor | None = None
+        self._wide: Any = None
+        self._lazy_lock = threading.Lock()
         try:
-            self._session = self._new_session(self._threads, providers)
+            self._session = self._new_session(1 if self._spread else self._threads, providers)
+            if not self._spread:
+                self._wide = self._session
             tok = Tokenizer.from_file(str(self._dir / "tokenizer.json"))
         except Exception as e:  # onnxruntime and tokenizers raise plain exceptions
             raise EncoderError(f"{self._dir}: cannot load encoder: {e}") from None
@@ -99,15 +108,23 @@ class OnnxEncoder:
         opts.log_severity_level = 3
         return ort.InferenceSession(str(self._model_file), sess_options=opts, providers=providers)
 
-    def _bulk_runner(self) -> tuple[Any, ThreadPoolExecutor] | None:
-        """A one-thread session shared by `threads` workers, made on first bulk use (CPU only)."""
-        if self._threads < 2 or self.providers[0] != "CPUExecutionProvider":
+    def _workers(self) -> ThreadPoolExecutor | None:
+        """One worker per thread for calls of several batches (None: run them in turn)."""
+        if not self._spread:
             return None
-        with self._bulk_lock:
-            if self._bulk is None:
-                session = self._new_session(1, self.providers)
-                self._bulk = (session, ThreadPoolExecutor(self._threads, thread_name_prefix="knnclass-embed"))
-            return self._bulk
+        with self._lazy_lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(self._threads, thread_name_prefix="knnclass-embed")
+            return self._pool
+
+    def _session_for(self, rows: int, width: int) -> Any:
+        """The session for one batch: all threads only where the batch is large enough to gain."""
+        if rows * width < WIDE_TOKENS:
+            return self._session
+        with self._lazy_lock:
+            if self._wide is None:
+                self._wide = self._new_session(self._threads, self.providers)
+            return self._wide
 
     @property
     def identity(self) -> str:
@@ -130,6 +147,7 @@ class OnnxEncoder:
 
     def _run(self, ids: list[list[int]], session: Any = None) -> np.ndarray:
         width = max(len(x) for x in ids)
+        session = session or self._session_for(len(ids), width)
         input_ids = np.full((len(ids), width), self._pad_id, dtype=np.int64)
         mask = np.zeros((len(ids), width), dtype=np.int64)
         for i, x in enumerate(ids):
@@ -138,7 +156,7 @@ class OnnxEncoder:
         feed = {"input_ids": input_ids, "attention_mask": mask}
         if "token_type_ids" in self._inputs:
             feed["token_type_ids"] = np.zeros_like(input_ids)
-        hidden = (session or self._session).run([self._output], feed)[0]
+        hidden = session.run([self._output], feed)[0]
         if hidden.ndim == 2:  # graph already pools
             pooled = hidden.astype(np.float32)
         elif self.meta["pooling"] == "cls":
@@ -165,17 +183,15 @@ class OnnxEncoder:
         out = np.empty((len(texts), self.dim), dtype=np.float32)
         bs = self._batch_size
         batches = [order[start : start + bs] for start in range(0, len(order), bs)]
-        bulk = self._bulk_runner() if len(batches) > 1 else None
-        if bulk is None:
+        pool = self._workers() if len(batches) > 1 else None
+        if pool is None:
             for idx in batches:
                 out[idx] = self._run([ids[i] for i in idx])
             return out
         # Small GEMMs scale poorly across threads: one single-threaded run per core on
         # different batches is faster in bulk than every core on each batch in turn
         # (onnxruntime releases the GIL while it runs).
-        session, pool = bulk
-        for idx, vecs in zip(
-            batches, pool.map(lambda b: self._run([ids[i] for i in b], session), batches), strict=True
-        ):
+        runs = pool.map(lambda b: self._run([ids[i] for i in b], self._session), batches)
+        for idx, vecs in zip(batches, runs, strict=True):
             out[idx] = vecs
         return out

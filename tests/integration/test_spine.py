@@ -200,3 +200,9 @@ def test_bulk_workers_and_single_calls_give_the_batched_vectors(real_encoder, sl
     # Per-row int8 scales: a text's vector does not depend on the batch it was embedded in.
     single = np.stack([workers.embed([t])[0] for t in texts[:40]])
     assert float(np.min(np.sum(single * bulk[:40], axis=1))) > 0.9999
+    # A short lone ticket runs on the one-thread session, a long one on every thread.
+    assert workers._session_for(1, 16) is workers._session
+    wide = workers._session_for(1, 300)
+    assert wide is not workers._session and workers._session_for(16, 16) is wide
+    long_text = " ".join(texts[:12])
+    assert float(workers.embed([long_text])[0] @ workers.embed([long_text, texts[0]])[0]) > 0.9999

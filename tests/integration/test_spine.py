@@ -206,3 +206,27 @@ def test_bulk_workers_and_single_calls_give_the_batched_vectors(real_encoder, sl
     assert wide is not workers._session and workers._session_for(16, 16) is wide
     long_text = " ".join(texts[:12])
     assert float(workers.embed([long_text])[0] @ workers.embed([long_text, texts[0]])[0]) > 0.9999
+
+
+@pytest.mark.filterwarnings("ignore:Specified provider 'CUDAExecutionProvider':UserWarning")
+def test_export_cuda_writes_a_gated_fp16_graph_that_cuda_selects(
+    encoder_cache: Path, slices, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:  # type: ignore[no-untyped-def]
+    import onnxruntime as ort
+
+    from knnclass.encoders import CUDA_MODEL_FILE, OnnxEncoder
+
+    out = tmp_path / "enc"
+    code, stdout, err = run("export", "--out", str(out), "--cuda", "--parity-data", str(slices[0].parent), "--json")
+    assert code == 0, err
+    meta = json.loads(stdout)
+    assert meta["cuda_model_file"] == CUDA_MODEL_FILE and (out / CUDA_MODEL_FILE).stat().st_size > 0
+    assert meta["parity"]["cuda_fp16_cosine_min"] >= 0.98 and meta["parity"]["cuda_fp16_cosine_mean"] >= 0.995
+    texts = [r["text"] for r in csv.DictReader(slices[1].open())][:20]
+    cpu = OnnxEncoder(out)
+    assert cpu.providers == ["CPUExecutionProvider"] and cpu._model_file.name == "model.onnx"
+    # Without a GPU, onnxruntime runs the CUDA choice on its CPU provider: the selection is what is tested.
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    gpu = OnnxEncoder(out, device="cuda")
+    assert gpu.providers[0] == "CUDAExecutionProvider" and gpu._model_file.name == CUDA_MODEL_FILE
+    assert float(np.min(np.sum(gpu.embed(texts) * cpu.embed(texts), axis=1))) > 0.98

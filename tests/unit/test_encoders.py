@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -58,3 +59,29 @@ def test_not_an_encoder_dir(tmp_path: Path) -> None:
     (tmp_path / "knnclass-encoder.json").write_text("{}")
     with pytest.raises(EncoderError, match="lacks"):
         OnnxEncoder(tmp_path)
+
+
+def _meta_only_dir(path: Path, **extra: object) -> Path:
+    path.mkdir()
+    meta = {"identity": "x", "model_file": "model.onnx", "dim": 4, "max_tokens": 8, "pooling": "mean", **extra}
+    (path / "knnclass-encoder.json").write_text(json.dumps(meta))
+    return path
+
+
+def test_cuda_refuses_an_encoder_without_its_fp16_graph(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import onnxruntime as ort
+
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    with pytest.raises(EncoderError, match="export --cuda"):
+        OnnxEncoder(_meta_only_dir(tmp_path / "enc"), device="cuda")
+
+
+def test_device_env_reaches_the_loader(monkeypatch: pytest.MonkeyPatch) -> None:
+    from knnclass.encoders import load_encoder
+
+    monkeypatch.setenv("KNNCLASS_DEVICE", "cuda")
+    with pytest.raises(DependencyError, match="onnxruntime-gpu"):
+        load_encoder(None)
+    monkeypatch.setenv("KNNCLASS_DEVICE", "tpu")
+    with pytest.raises(InputError, match="device must be"):
+        load_encoder(None)

@@ -85,7 +85,9 @@ def test_kept_matmuls_stay_fp32(tmp_path: Path) -> None:
 def test_seven_bit_weights(tmp_path: Path) -> None:
     out = tmp_path / "q.onnx"
     quantize_rows(_graph(tmp_path / "g.onnx"), out, keep=lambda n: False, weight_max=63)
-    weights = [numpy_helper.to_array(i) for i in onnx.load(str(out)).graph.initializer if i.data_type == TensorProto.INT8]
+    weights = [
+        numpy_helper.to_array(i) for i in onnx.load(str(out)).graph.initializer if i.data_type == TensorProto.INT8
+    ]
     assert weights and max(int(np.abs(w).max()) for w in weights) == 63
     x = RNG.normal(size=(2, 3, 16)).astype(np.float32)
     ref = _reference(x)

@@ -129,3 +129,18 @@ def test_kustomize_renders_offline() -> None:
     assert sorted(kinds) == sorted(
         ["Service", "Service", "StatefulSet", "ConfigMap", "Deployment", "Service", "HorizontalPodAutoscaler"]
     )
+
+
+def test_qdrant_image_and_client_versions_agree() -> None:
+    """One Qdrant version everywhere, and the image's pinned client within one minor of it."""
+    text = "\n".join(
+        p.read_text() for p in [*sorted((DEPLOY / "k8s").glob("*.yaml")), DEPLOY / "compose" / "docker-compose.yml"]
+    )
+    servers = set(re.findall(r"qdrant/qdrant:v(\d+)\.(\d+)\.\d+", text))
+    assert len(servers) == 1, servers
+    (major, minor), client = (
+        servers.pop(),
+        re.search(r"qdrant-client~=(\d+)\.(\d+)\.\d+", (DEPLOY / "Dockerfile").read_text()),
+    )
+    assert client is not None, "the serving image pins qdrant-client"
+    assert client.group(1) == major and abs(int(client.group(2)) - int(minor)) <= 1

@@ -351,10 +351,8 @@ def _export_encoder(
         (final / METADATA_FILE).write_text(json.dumps(meta, indent=2))
         reference = st.encode(PARITY_SENTENCES, normalize_embeddings=True, convert_to_numpy=True)
         parity: dict[str, Any] = {"n_sentences": len(PARITY_SENTENCES)}
-        graphs = {"": "model.onnx", "cuda_fp16_": CUDA_MODEL_FILE if settings.cuda else None}
+        graphs = {"": "model.onnx", **({"cuda_fp16_": CUDA_MODEL_FILE} if settings.cuda else {})}
         for prefix, graph in graphs.items():
-            if graph is None:
-                continue
             got = OnnxEncoder(final, graph=graph).embed(PARITY_SENTENCES)
             cos = np.sum(reference * got, axis=1) / np.linalg.norm(reference, axis=1)
             lo, mean = round(float(cos.min()), 5), round(float(cos.mean()), 5)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -12,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from .._cpu import usable_cpus
+from .._cpu import encoder_threads
 from ..errors import DependencyError, EncoderError, InputError
 
 __all__ = ["CUDA_MODEL_FILE", "METADATA_FILE", "OnnxEncoder", "read_metadata", "select_providers"]
@@ -74,7 +73,7 @@ class OnnxEncoder:
         self._dir = Path(model_dir).resolve()
         self.meta = read_metadata(self._dir)
         self._batch_size = batch_size
-        self._threads = threads or int(os.environ.get("KNNCLASS_THREADS", "0")) or usable_cpus()
+        self._threads = threads or encoder_threads()
         self._model_file = self._dir / self.meta["model_file"]
         providers = select_providers(device, ort.get_available_providers())
         if providers[0] == "CUDAExecutionProvider":

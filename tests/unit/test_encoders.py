@@ -85,3 +85,16 @@ def test_device_env_reaches_the_loader(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("KNNCLASS_DEVICE", "tpu")
     with pytest.raises(InputError, match="device must be"):
         load_encoder(None)
+
+
+def test_knnclass_threads_env_is_checked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from knnclass._cpu import encoder_threads, usable_cpus
+
+    monkeypatch.delenv("KNNCLASS_THREADS", raising=False)
+    assert encoder_threads() == usable_cpus()
+    monkeypatch.setenv("KNNCLASS_THREADS", "3")
+    assert encoder_threads() == 3
+    for bad in ("abc", "0", "-2", "1.5"):
+        monkeypatch.setenv("KNNCLASS_THREADS", bad)
+        with pytest.raises(InputError, match="KNNCLASS_THREADS must be a positive integer"):
+            OnnxEncoder(_meta_only_dir(tmp_path / f"enc{bad}"))

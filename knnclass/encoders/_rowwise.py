@@ -19,11 +19,12 @@ from ..errors import ExportError
 
 __all__ = ["quantize_rows"]
 
+_ZERO_POINT = 128  # symmetric int8 rows stored as uint8 (u8 x s8 kernels): 0 maps to 128
 _SHARED: dict[str, np.ndarray] = {
     "rq_127": np.array(127.0, np.float32),
     "rq_eps": np.array(1e-8, np.float32),
     "rq_one": np.array(1.0, np.float32),
-    "rq_zp": np.array(128, np.uint8),
+    "rq_zp": np.array(_ZERO_POINT, np.uint8),
     "rq_last": np.array([-1], np.int64),
 }
 
@@ -76,7 +77,7 @@ def quantize_rows(src: Path, dst: Path, keep: Callable[[str], bool], weight_max:
                     "ConstantOfShape",
                     [f"{q}_rows"],
                     [f"{q}_zp"],
-                    value=helper.make_tensor("zp", TensorProto.UINT8, [1], [128]),
+                    value=helper.make_tensor("zp", TensorProto.UINT8, [1], [_ZERO_POINT]),
                 ),
                 helper.make_node("Reshape", [x, f"{q}_2d"], [f"{q}_x2d"]),
                 helper.make_node("QuantizeLinear", [f"{q}_x2d", f"{q}_scale1d", f"{q}_zp"], [f"{q}_q2d"], axis=0),

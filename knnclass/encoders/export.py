@@ -73,7 +73,7 @@ class ExportSettings:
 
     quantize: str = "int8"  # int8 | none
     optimize: str | None = None  # O1 | O2 | O3 | O4 | None
-    per_channel: bool = True
+    per_channel: bool = True  # per_tensor only: per-row int8 always scales weights per column
     # int8 activation scales: per_row (one per token, knnclass's rewrite, see _rowwise)
     # or per_tensor (onnxruntime's dynamic quantisation: one per batch).
     activations: str = "per_row"
@@ -306,7 +306,6 @@ def _export_encoder(
     out = Path(out)
     if not (src / "config.json").exists():
         raise InputError(f"{src}: not a sentence-transformers / Hugging Face model dir (no config.json)")
-    _require_train()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     t0 = time.perf_counter()
     cfg = st_config(src)

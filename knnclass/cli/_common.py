@@ -17,7 +17,20 @@ from ..store import open_store
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-__all__ = ["emit_json", "encoder_option", "label_map_option", "load_label_map", "open_classifier", "store_options"]
+INPUT_FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
+"""An existing file to read (tickets, a label map)."""
+
+__all__ = [
+    "INPUT_FILE",
+    "emit_json",
+    "encoder_option",
+    "label_col_option",
+    "label_map_option",
+    "load_label_map",
+    "open_classifier",
+    "store_options",
+    "text_col_option",
+]
 
 
 def store_options(f: F) -> F:
@@ -61,10 +74,18 @@ def encoder_option(f: F) -> F:
     )(f)
 
 
+def text_col_option(f: F) -> F:
+    return click.option("--text-col", default="text", show_default=True, help="Column holding the ticket text.")(f)
+
+
+def label_col_option(f: F) -> F:
+    return click.option("--label-col", default="category", show_default=True, help="Column holding the label.")(f)
+
+
 def label_map_option(f: F) -> F:
     return click.option(
         "--label-map",
-        type=click.Path(exists=True, dir_okay=False, path_type=Path),
+        type=INPUT_FILE,
         default=None,
         help="Two-column CSV mapping file labels to the labels to use (e.g. category -> urgency).",
     )(f)

@@ -13,15 +13,16 @@ from ..data import read_examples, read_texts
 from ..errors import InputError
 from ..voting import Rule
 from ._common import (
+    INPUT_FILE,
     emit_json,
     encoder_option,
+    label_col_option,
     label_map_option,
     load_label_map,
     open_classifier,
     store_options,
+    text_col_option,
 )
-
-_IN = click.Path(exists=True, dir_okay=False, path_type=Path)
 
 
 def _with_unknown(mapping: dict[str, str] | None, unknown_label: str | None) -> dict[str, str] | None:
@@ -32,9 +33,9 @@ def _with_unknown(mapping: dict[str, str] | None, unknown_label: str | None) -> 
 
 
 @click.command()
-@click.argument("tickets", type=_IN)
-@click.option("--text-col", default="text", show_default=True, help="Column holding the ticket text.")
-@click.option("--label-col", default="category", show_default=True, help="Column holding the label.")
+@click.argument("tickets", type=INPUT_FILE)
+@text_col_option
+@label_col_option
 @click.option("--id-col", default=None, help="Column holding a stable id (default: a hash of the text).")
 @label_map_option
 @encoder_option
@@ -121,10 +122,10 @@ def index(
 
 
 @click.command()
-@click.option("--validation", type=_IN, default=None, help="Labelled CSV to tune on (default: leave-one-out).")
+@click.option("--validation", type=INPUT_FILE, default=None, help="Labelled CSV to tune on (default: leave-one-out).")
 @click.option("--unknown-label", default=None, help="Validation label meaning 'out of scope': must be abstained on.")
-@click.option("--text-col", default="text", show_default=True)
-@click.option("--label-col", default="category", show_default=True)
+@text_col_option
+@label_col_option
 @label_map_option
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @store_options
@@ -160,10 +161,10 @@ def tune(
 
 
 @click.command()
-@click.argument("test", type=_IN)
+@click.argument("test", type=INPUT_FILE)
 @click.option("--unknown-label", default=None, help="Test label meaning 'out of scope'.")
-@click.option("--text-col", default="text", show_default=True)
-@click.option("--label-col", default="category", show_default=True)
+@text_col_option
+@label_col_option
 @label_map_option
 @click.option("--json", "as_json", is_flag=True, help="Print the metrics as one JSON object.")
 @store_options
@@ -197,8 +198,8 @@ def evaluate(
 
 @click.command()
 @click.argument("texts", nargs=-1)
-@click.option("--input", "input_path", type=_IN, default=None, help="CSV/JSONL of tickets to classify.")
-@click.option("--text-col", default="text", show_default=True)
+@click.option("--input", "input_path", type=INPUT_FILE, default=None, help="CSV/JSONL of tickets to classify.")
+@text_col_option
 @click.option("--output", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Write a CSV here.")
 @click.option("-k", "k", type=click.IntRange(1, 256), default=None, help="Override the tuned k.")
 @click.option("--json", "as_json", is_flag=True, help="Print predictions as JSON.")

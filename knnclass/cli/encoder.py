@@ -11,7 +11,7 @@ import click
 import numpy as np
 
 from ..data import read_texts
-from ._common import emit_json
+from ._common import INPUT_FILE, emit_json, text_col_option
 
 
 @click.command()
@@ -80,8 +80,8 @@ def export(
 
 
 @click.command()
-@click.argument("input_path", metavar="INPUT", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--text-col", default="text", show_default=True)
+@click.argument("input_path", metavar="INPUT", type=INPUT_FILE)
+@text_col_option
 @click.option("--encoder", "encoder_dir", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None)
 @click.option("--output", required=True, type=click.Path(dir_okay=False, path_type=Path), help="Where to write .npy.")
 @click.option(

@@ -11,9 +11,8 @@ from typing import Any
 import click
 
 from ..errors import InputError
-from ._common import emit_json, open_classifier, store_options
+from ._common import INPUT_FILE, emit_json, open_classifier, store_options, text_col_option
 
-_IN = click.Path(exists=True, dir_okay=False, path_type=Path)
 _STRATEGIES = ("full", "last-layer", "transfer", "knn")
 
 
@@ -38,10 +37,13 @@ def _data_options(f: Any) -> Any:
     """Options shared by finetune and compare: data, split and training settings."""
     opts = [
         click.option(
-            "--validation", type=_IN, default=None, help="Labelled validation file (default: carve --val-fraction)."
+            "--validation",
+            type=INPUT_FILE,
+            default=None,
+            help="Labelled validation file (default: carve --val-fraction).",
         ),
         click.option("--val-fraction", default=0.1, show_default=True, type=click.FloatRange(0.01, 0.5)),
-        click.option("--text-col", default="text", show_default=True),
+        text_col_option,
         click.option(
             "--label-col",
             "label_cols",
@@ -152,7 +154,7 @@ def _prepare(train_path: Path, kw: dict[str, Any]) -> tuple[Any, Any, Any]:
 
 
 @click.command()
-@click.argument("train", type=_IN)
+@click.argument("train", type=INPUT_FILE)
 @click.option("--strategy", type=click.Choice(_STRATEGIES), default="full", show_default=True)
 @_data_options
 @click.option("--json", "as_json", is_flag=True, help="Print run.json.")
@@ -184,9 +186,11 @@ def finetune(train: Path, strategy: str, as_json: bool, **kw: Any) -> None:
 
 
 @click.command()
-@click.argument("train", type=_IN)
+@click.argument("train", type=INPUT_FILE)
 @click.option("--strategies", default="all", show_default=True, help="Comma-separated, or 'all'.")
-@click.option("--test", type=_IN, default=None, help="Score once on this labelled file after all choices are made.")
+@click.option(
+    "--test", type=INPUT_FILE, default=None, help="Score once on this labelled file after all choices are made."
+)
 @_data_options
 @click.option("--json", "as_json", is_flag=True, help="Print the comparison as JSON.")
 def compare(train: Path, strategies: str, test: Path | None, as_json: bool, **kw: Any) -> None:

@@ -8,18 +8,25 @@ from typing import Any
 import click
 
 from ..data import read_examples, read_texts
-from ._common import emit_json, label_map_option, load_label_map, open_classifier, store_options
-
-_IN = click.Path(exists=True, dir_okay=False, path_type=Path)
+from ._common import (
+    INPUT_FILE,
+    emit_json,
+    label_col_option,
+    label_map_option,
+    load_label_map,
+    open_classifier,
+    store_options,
+    text_col_option,
+)
 
 
 @click.command()
-@click.argument("test", type=_IN)
+@click.argument("test", type=INPUT_FILE)
 @click.option(
     "--out", type=click.Path(file_okay=False, path_type=Path), default=Path("knnclass-report"), show_default=True
 )
-@click.option("--text-col", default="text", show_default=True)
-@click.option("--label-col", default="category", show_default=True)
+@text_col_option
+@label_col_option
 @label_map_option
 @click.option("--positive-label", default=None, help="For a binary case: the label whose recall matters (e.g. urgent).")
 @click.option("--json", "as_json", is_flag=True)
@@ -59,7 +66,9 @@ def report(
     type=click.FloatRange(0, 1),
     help="Least weight share of the suggested label among the neighbours.",
 )
-@click.option("--apply", "apply_path", type=_IN, default=None, help="CSV id,label of reviewed corrections to apply.")
+@click.option(
+    "--apply", "apply_path", type=INPUT_FILE, default=None, help="CSV id,label of reviewed corrections to apply."
+)
 @click.option(
     "--template",
     type=click.Path(dir_okay=False, path_type=Path),
@@ -113,8 +122,8 @@ def duplicates(threshold: float, limit: int, as_json: bool, **so: Any) -> None:
 
 
 @click.command()
-@click.argument("new", type=_IN)
-@click.option("--text-col", default="text", show_default=True)
+@click.argument("new", type=INPUT_FILE)
+@text_col_option
 @click.option("--json", "as_json", is_flag=True)
 @store_options
 def drift(new: Path, text_col: str, as_json: bool, **so: Any) -> None:

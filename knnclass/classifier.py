@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from .data import Example
+from .data import Example, is_blank
 from .encoders.base import Encoder
 from .errors import EncoderMismatchError, ExampleNotFoundError, InputError, NotTunedError, StoreError
 from .metrics import score_predictions
@@ -181,7 +181,7 @@ class Classifier:
         """Change one example's label, keeping its vector."""
         ref = ref or self.ref()
         label = label.strip()
-        if not label:
+        if is_blank(label):
             raise InputError("label must not be empty")
         found = self.store.retrieve(ref, [example_id], with_vectors=True)
         if not found:

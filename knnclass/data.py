@@ -7,6 +7,7 @@ import hashlib
 import io
 import json
 import sys
+import unicodedata
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -14,7 +15,7 @@ from pathlib import Path
 
 from .errors import InputError
 
-__all__ = ["Example", "example_id", "point_uuid", "read_examples", "read_label_map", "read_texts"]
+__all__ = ["Example", "example_id", "is_blank", "point_uuid", "read_examples", "read_label_map", "read_texts"]
 
 # A single CSV field may be large (long ticket bodies); the stdlib default is 128 KiB.
 csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
@@ -29,6 +30,11 @@ class Example:
     id: str
     text: str
     label: str
+
+
+def is_blank(text: str) -> bool:
+    """True when `text` has nothing to read: only white space, control or invisible format characters."""
+    return all(c.isspace() or unicodedata.category(c) in ("Cc", "Cf") for c in text)
 
 
 def example_id(text: str) -> str:
@@ -138,9 +144,9 @@ def read_examples(
     for n, row in enumerate(rows, 2):
         text = row[text_col]
         label = row[label_col].strip()
-        if not text.strip():
+        if is_blank(text):
             raise InputError(f"{path}:{n}: empty text")
-        if not label:
+        if is_blank(label):
             raise InputError(f"{path}:{n}: empty label")
         if label_map is not None:
             if label not in label_map:
@@ -165,7 +171,7 @@ def read_texts(path: Path, text_col: str = "text") -> list[str]:
     texts: list[str] = []
     for n, row in enumerate(rows, 2):
         text = row[text_col]
-        if not text.strip():
+        if is_blank(text):
             raise InputError(f"{path}:{n}: empty text")
         texts.append(text)
     if not texts:

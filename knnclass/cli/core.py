@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from ..data import read_examples, read_texts
+from ..data import is_blank, read_examples, read_texts
 from ..errors import InputError
 from ..voting import Rule
 from ._common import (
@@ -217,7 +217,7 @@ def classify(
     if bool(texts) == bool(input_path):
         raise InputError("give ticket texts as arguments or --input FILE (one of the two)")
     items = read_texts(input_path, text_col) if input_path else [t.strip() for t in texts]
-    if any(not t for t in items):
+    if any(is_blank(t) for t in items):
         raise InputError("empty ticket text")
     clf = open_classifier(create=False, **so)
     with clf.store:

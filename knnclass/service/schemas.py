@@ -6,6 +6,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr, model_validator
 
+from ..data import is_blank
+
 __all__ = [
     "MAX_TEXTS",
     "ClassifyRequest",
@@ -54,7 +56,7 @@ class ClassifyRequest(_Strict):
         if (self.text is None) == (self.texts is None):
             raise ValueError("give exactly one of 'text' or 'texts'")
         for t in self.all_texts():
-            if not t.strip():
+            if is_blank(t):
                 raise ValueError("texts must not be empty")
             _encodable(t, "text")
         return self
@@ -92,9 +94,9 @@ class ExampleIn(_Strict):
 
     @model_validator(mode="after")
     def _not_blank(self) -> ExampleIn:
-        if not self.text.strip():
+        if is_blank(self.text):
             raise ValueError("text must not be empty")
-        if not self.label.strip():
+        if is_blank(self.label):
             raise ValueError("label must not be empty")
         for value, what in ((self.text, "text"), (self.label, "label"), (self.id or "", "id")):
             _encodable(value, what)

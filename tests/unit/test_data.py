@@ -64,6 +64,8 @@ def test_label_map(tmp_path: Path, data_dir: Path) -> None:
         ("text,label\nhi,a\n", "no label column 'category'"),
         ("body,category\nhi,a\n", "no text column 'text'"),
         ("text,category\n  ,a\n", "empty text"),
+        ("text,category\n\u200b\u200b\t,a\n", "empty text"),
+        ("text,category\nhi,\u200b\n", "empty label"),
         ("text,category\nhi,\n", "empty label"),
         ("", "empty file"),
         ("text,category\n", "no rows"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import logging
 import time
@@ -19,7 +20,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from .._cpu import usable_cpus
 from ..classifier import Classifier
 from ..data import Example, example_id
-from ..errors import KnnclassError
+from ..errors import InputError, KnnclassError
 from ..voting import Rule
 from .engine import Engine
 from .schemas import ClassifyRequest, ClassifyResponse, ErrorBody, ExamplesRequest, RelabelRequest
@@ -40,16 +41,35 @@ class ServiceSettings:
     # p99 of accepted requests within ~3x idle under a flood (benchmarks/reliability.py).
     max_in_flight: int = field(default_factory=lambda: 2 * usable_cpus())
     retry_after_s: int = 1
+    body_timeout_s: float = 15.0  # longest wait for the next piece of a request body (408 after)
     max_batch: int = 64
     batch_wait_ms: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.read_key is not None and self.api_key is None:
+            raise InputError(
+                "KNNCLASS_READ_KEY is set without KNNCLASS_API_KEY: classify would need a key while "
+                "writes needed none; set KNNCLASS_API_KEY too"
+            )
 
 
 def _error(status: int, kind: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
     return JSONResponse({"error": {"type": kind, "message": message}}, status_code=status, headers=headers)
 
 
+class _Refused(Exception):
+    """Raised from `receive` to stop the app before it acts; the guard sends `response` instead."""
+
+    def __init__(self, response: JSONResponse):
+        self.response = response
+
+
 class _Guard:
-    """Pure-ASGI middleware: body size limit, bounded in-flight requests, per-route metrics."""
+    """Pure-ASGI middleware: body size and idle limits, bounded in-flight work, per-route metrics.
+
+    A /v1 request takes an in-flight slot once its body has fully arrived (at once if it has
+    none), so slow or stalled uploads cannot hold the slots that bound the work.
+    """
 
     def __init__(self, app: ASGIApp, settings: ServiceSettings, metrics: _Metrics):
         self.app = app
@@ -57,45 +77,72 @@ class _Guard:
         self.m = metrics
         self.in_flight = 0
 
+    def _overloaded(self) -> JSONResponse:
+        return _error(
+            429, "overloaded", "too many requests in flight; retry later", {"Retry-After": str(self.s.retry_after_s)}
+        )
+
+    def _too_big(self) -> JSONResponse:
+        return _error(413, "payload_too_large", f"request body over {self.s.max_body_bytes} bytes")
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        path: str = scope["path"]
-        limited = path.startswith("/v1/")
-        if limited and self.in_flight >= self.s.max_in_flight:
-            self.m.count(scope["method"], "overload", 429)
-            resp = _error(
-                429,
-                "overloaded",
-                "too many requests in flight; retry later",
-                {"Retry-After": str(self.s.retry_after_s)},
-            )
-            await resp(scope, receive, send)
-            return
-        for k, v in scope.get("headers", []):
-            if k == b"content-length":
-                try:
-                    too_big = int(v) > self.s.max_body_bytes
-                except ValueError:
-                    too_big = True
-                if too_big:
-                    await _error(413, "payload_too_large", f"request body over {self.s.max_body_bytes} bytes")(
-                        scope, receive, send
-                    )
-                    return
+        method: str = scope["method"]
+        limited = scope["path"].startswith("/v1/")
+        headers = dict(scope.get("headers", []))
+        length = headers.get(b"content-length")
+        if length is not None:
+            try:
+                too_big = int(length) > self.s.max_body_bytes
+            except ValueError:
+                too_big = True
+            if too_big:
+                self.m.count(method, "oversize", 413)
+                await self._too_big()(scope, receive, send)
+                return
+        has_body = b"transfer-encoding" in headers or (length is not None and length.strip() not in (b"", b"0"))
+        acquired = False
+        if limited and not has_body:
+            if self.in_flight >= self.s.max_in_flight:
+                self.m.count(method, "overload", 429)
+                await self._overloaded()(scope, receive, send)
+                return
+            self.in_flight += 1
+            acquired = True
+
         seen = 0
-        limit = self.s.max_body_bytes
-        overflow = False
+        body_done = not has_body
+        refused: JSONResponse | None = None
+
+        def refuse(response: JSONResponse) -> _Refused:
+            nonlocal refused
+            refused = response
+            return _Refused(response)
 
         async def guarded_receive() -> Message:
-            nonlocal seen, overflow
-            msg = await receive()
-            if msg["type"] == "http.request":
-                seen += len(msg.get("body", b""))
-                if seen > limit:  # stop reading; the app sees a truncated body and its answer is replaced
-                    overflow = True
-                    return {"type": "http.request", "body": b"", "more_body": False}
+            nonlocal seen, body_done, acquired
+            if body_done:
+                return await receive()
+            try:
+                msg = await asyncio.wait_for(receive(), self.s.body_timeout_s)
+            except TimeoutError:
+                raise refuse(
+                    _error(408, "request_timeout", f"no request body data for {self.s.body_timeout_s:g} s")
+                ) from None
+            if msg["type"] != "http.request":
+                return msg
+            seen += len(msg.get("body", b""))
+            if seen > self.s.max_body_bytes:  # chunked: counted as it streams
+                raise refuse(self._too_big())
+            if not msg.get("more_body", False):
+                body_done = True
+                if limited and not acquired:
+                    if self.in_flight >= self.s.max_in_flight:
+                        raise refuse(self._overloaded())
+                    self.in_flight += 1
+                    acquired = True
             return msg
 
         status = 500
@@ -103,11 +150,11 @@ class _Guard:
 
         async def tracking_send(msg: Message) -> None:
             nonlocal status, replaced
-            if overflow:
+            if refused is not None:  # the app answered the exception from receive: send ours instead
                 if not replaced:
                     replaced = True
-                    status = 413
-                    await _error(413, "payload_too_large", f"request body over {limit} bytes")(scope, receive, send)
+                    status = refused.status_code
+                    await refused(scope, receive, send)
                 return
             if msg["type"] == "http.response.start":
                 status = msg["status"]
@@ -116,14 +163,14 @@ class _Guard:
             await send(msg)
 
         t0 = time.perf_counter()
-        self.in_flight += 1 if limited else 0
         try:
             await self.app(scope, guarded_receive, tracking_send)
         finally:
-            self.in_flight -= 1 if limited else 0
+            if acquired:
+                self.in_flight -= 1
             route = scope.get("route")
             name = getattr(route, "path", "unmatched")
-            self.m.observe(scope["method"], name, status, time.perf_counter() - t0)
+            self.m.observe(method, name, status, time.perf_counter() - t0)
 
 
 class _Metrics:
@@ -174,8 +221,8 @@ class _Metrics:
 def _key_from(request: Request) -> str | None:
     auth = request.headers.get("authorization")
     if auth and auth.lower().startswith("bearer "):
-        return auth[7:].strip()
-    return request.headers.get("x-api-key")
+        return auth[7:].strip() or None
+    return (request.headers.get("x-api-key") or "").strip() or None
 
 
 def _matches(given: str | None, expected: str | None) -> bool:
@@ -217,6 +264,7 @@ def create_app(classifier: Classifier, settings: ServiceSettings | None = None) 
     )
     app.state.engine = engine
     app.state.metrics = metrics
+    app.router.redirect_slashes = False  # "/v1/classify/" is a JSON 404, not a bodiless redirect
     app.add_middleware(_Guard, settings=s, metrics=metrics)
 
     # --- auth ------------------------------------------------------------------------------
@@ -227,7 +275,7 @@ def create_app(classifier: Classifier, settings: ServiceSettings | None = None) 
         if key is None:
             raise _AuthError(401, "missing API key (Authorization: Bearer <key> or X-API-Key)")
         if not _matches(key, s.api_key):
-            raise _AuthError(403, "this key may not write")
+            raise _AuthError(403, "writes need the write key (KNNCLASS_API_KEY); this is not it")
 
     def require_read(request: Request) -> None:
         if s.api_key is None and s.read_key is None:
@@ -255,7 +303,10 @@ def create_app(classifier: Classifier, settings: ServiceSettings | None = None) 
             for err in e.errors()[:20]
         ]
         first = details[0] if details else {"loc": [], "msg": "invalid request"}
-        msg = f"{'.'.join(first['loc'][1:]) or 'body'}: {first['msg']}"
+        if e.errors() and e.errors()[0].get("type") == "json_invalid":  # loc is (body, character offset)
+            msg = f"body: invalid JSON at character {first['loc'][-1]}"
+        else:
+            msg = f"{'.'.join(first['loc'][1:]) or 'body'}: {first['msg']}"
         return JSONResponse({"error": {"type": "validation_error", "message": msg, "details": details}}, 422)
 
     @app.exception_handler(StarletteHTTPException)
@@ -272,10 +323,12 @@ def create_app(classifier: Classifier, settings: ServiceSettings | None = None) 
 
     # --- health ------------------------------------------------------------------------------
     @app.get("/livez", tags=["health"])
+    @app.head("/livez", include_in_schema=False)
     async def livez() -> dict[str, str]:
         return {"status": "ok"}
 
     @app.get("/readyz", tags=["health"])
+    @app.head("/readyz", include_in_schema=False)
     async def readyz() -> JSONResponse:
         try:
             state = await engine.read(_readiness, classifier)
@@ -287,6 +340,7 @@ def create_app(classifier: Classifier, settings: ServiceSettings | None = None) 
         return JSONResponse({"ready": True, **state})
 
     @app.get("/metrics", tags=["health"])
+    @app.head("/metrics", include_in_schema=False)
     async def prometheus() -> Response:
         from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -315,20 +369,21 @@ def create_app(classifier: Classifier, settings: ServiceSettings | None = None) 
     @app.post("/v1/examples", tags=["examples"], dependencies=[Depends(require_write)])
     async def add_examples(body: ExamplesRequest) -> dict[str, Any]:
         examples = [Example(e.id or example_id(e.text), e.text, e.label.strip()) for e in body.examples]
-        await engine.write(engine.add_examples, examples, body.truncate)
-        return {"upserted": len(examples), "ids": [e.id for e in examples]}
+        unique = list({e.id: e for e in examples}.values())  # a repeated id: the last one wins
+        await engine.write(engine.add_examples, unique, body.truncate)
+        return {"upserted": len(unique), "ids": [e.id for e in examples]}
 
-    @app.get("/v1/examples/{example_id}", tags=["examples"], dependencies=[Depends(require_read)])
+    @app.get("/v1/examples/{example_id:path}", tags=["examples"], dependencies=[Depends(require_read)])
     async def get_example(example_id: str) -> dict[str, str]:
         e = await engine.read(classifier.get, example_id)
         return {"id": e.id, "text": e.text, "label": e.label}
 
-    @app.patch("/v1/examples/{example_id}", tags=["examples"], dependencies=[Depends(require_write)])
+    @app.patch("/v1/examples/{example_id:path}", tags=["examples"], dependencies=[Depends(require_write)])
     async def relabel(example_id: str, body: RelabelRequest) -> dict[str, str]:
         e = await engine.write(classifier.relabel, example_id, body.label)
         return {"id": e.id, "text": e.text, "label": e.label}
 
-    @app.delete("/v1/examples/{example_id}", tags=["examples"], dependencies=[Depends(require_write)])
+    @app.delete("/v1/examples/{example_id:path}", tags=["examples"], dependencies=[Depends(require_write)])
     async def delete(example_id: str) -> dict[str, Any]:
         await engine.write(classifier.delete, example_id)
         return {"deleted": example_id}

@@ -108,8 +108,14 @@ def test_store_held_by_another_process(tuned_store: Path) -> None:
 def test_classify_needs_text_or_input(tuned_store: Path) -> None:
     code, _, err = invoke("classify", "--store", str(tuned_store))
     _assert_clean_error(code, err, "give ticket texts")
-    code, _, err = invoke("classify", "--store", str(tuned_store), "   ")
-    _assert_clean_error(code, err, "empty ticket text")
+    for blank in ("   ", "\u200b", "\x01"):
+        code, _, err = invoke("classify", "--store", str(tuned_store), blank)
+        _assert_clean_error(code, err, "empty ticket text")
+
+
+def test_serve_refuses_read_key_without_write_key(tuned_store: Path) -> None:
+    r = CliRunner().invoke(cli, ["serve", "--store", str(tuned_store)], env={"KNNCLASS_READ_KEY": "reader"})
+    assert r.exit_code != 0 and "set KNNCLASS_API_KEY too" in r.stderr and "Traceback" not in r.stderr
 
 
 def test_tune_unknown_label_without_validation(tuned_store: Path) -> None:

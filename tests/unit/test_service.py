@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
@@ -125,6 +125,8 @@ def test_not_tuned_is_409(tmp_path: Path) -> None:
         {},
         {"text": ""},
         {"text": "   "},
+        {"text": "\u200b\u200b"},
+        {"text": "\u0000"},
         {"text": 5},
         {"text": None, "texts": None},
         {"text": "a", "texts": ["b"]},
@@ -154,6 +156,8 @@ def test_malformed_json_and_bad_utf8_are_422(client: TestClient) -> None:
     for raw in (b"{not json", b'{"text": "\xff\xfe"}', b"", b'{"text": "a"' + b"]" * 10):
         r = client.post("/v1/classify", content=raw, headers={"content-type": "application/json"})
         _err(r, 422)
+    r = client.post("/v1/classify", content=b'{"text": ', headers={"content-type": "application/json"})
+    assert _err(r, 422)["message"] == "body: invalid JSON at character 9"
 
 
 def test_too_many_tokens_unless_truncate(client: TestClient) -> None:
@@ -175,9 +179,76 @@ def test_body_over_one_mib_is_413(client: TestClient) -> None:
     _err(client.post("/v1/classify", content=chunks(), headers={"content-type": "application/json"}), 413)
 
 
+def test_oversized_chunked_write_changes_nothing(client: TestClient) -> None:
+    """A chunked body cut off at the limit must not reach the route as a shorter, valid one."""
+
+    def padded(doc: dict) -> Iterator[bytes]:  # type: ignore[type-arg]
+        yield json.dumps(doc).encode()
+        for _ in range(20):
+            yield b" " * 65536
+
+    add = {"examples": [{"id": "big-1", "text": "card lost", "label": "via_413"}]}
+    _err(client.post("/v1/examples", content=padded(add), headers={"content-type": "application/json"}), 413)
+    _err(client.get("/v1/examples/big-1"), 404)
+    r = client.patch(
+        "/v1/examples/card-1", content=padded({"label": "x"}), headers={"content-type": "application/json"}
+    )
+    _err(r, 413)
+    assert client.get("/v1/examples/card-1").json()["label"] == "card"
+    assert client.get("/readyz").json()["count"] == 24
+    assert 'route="oversize",status="413"' not in client.get("/metrics").text
+    big = json.dumps({"text": "x" * (1 << 20)})
+    _err(client.post("/v1/classify", content=big, headers={"content-type": "application/json"}), 413)
+    assert 'route="oversize",status="413"' in client.get("/metrics").text
+
+
+def test_stalled_upload_holds_no_slot_and_times_out(tmp_path: Path) -> None:
+    """Requests count against --max-in-flight only once their body is in; a stalled one gets 408."""
+    app = create_app(_clf(tmp_path / "s"), ServiceSettings(max_in_flight=1, body_timeout_s=0.5))
+    import httpx
+
+    async def stalled_body() -> AsyncIterator[bytes]:
+        yield b'{"text": '
+        await asyncio.sleep(30)
+
+    async def scenario() -> tuple[httpx.Response, list[httpx.Response]]:
+        transport = httpx.ASGITransport(app=app)
+        async with app.router.lifespan_context(app), httpx.AsyncClient(transport=transport, base_url="http://t") as c:
+            hdrs = {"content-type": "application/json"}
+            stalled = [
+                asyncio.create_task(c.post("/v1/classify", content=stalled_body(), headers=hdrs)) for _ in range(3)
+            ]
+            await asyncio.sleep(0.1)
+            ok = [await c.post("/v1/classify", json={"text": "card"}) for _ in range(2)]
+            return (await stalled[0]), ok
+
+    slow, ok = asyncio.run(scenario())
+    assert [r.status_code for r in ok] == [200, 200]
+    assert slow.status_code == 408 and slow.json()["error"]["type"] == "request_timeout"
+
+
 def test_unknown_route_and_method(client: TestClient) -> None:
     assert _err(client.get("/nope"), 404)["type"] == "not_found"
     assert _err(client.put("/v1/classify", json={}), 405)["type"] == "method_not_allowed"
+    # a trailing slash is a JSON 404, not a redirect without a body
+    assert _err(client.post("/v1/classify/", json={"text": "card"}, follow_redirects=False), 404)
+    _err(client.get("/livez/", follow_redirects=False), 404)
+    for path in ("/livez", "/readyz", "/metrics"):  # probes that use HEAD
+        assert client.head(path).status_code == 200
+
+
+def test_ids_with_slashes_and_repeated_ids(client: TestClient) -> None:
+    r = client.post("/v1/examples", json={"examples": [{"id": "crm/42", "text": "card blocked", "label": "card"}]})
+    assert r.status_code == 200
+    assert client.get("/v1/examples/crm/42").json()["id"] == "crm/42"
+    assert client.patch("/v1/examples/crm%2F42", json={"label": "pin"}).json()["label"] == "pin"
+    assert client.delete("/v1/examples/crm/42").status_code == 200
+    _err(client.get("/v1/examples/crm/42"), 404)
+    two = [{"id": "d", "text": "pin one", "label": "pin"}, {"id": "d", "text": "pin two", "label": "card"}]
+    r = client.post("/v1/examples", json={"examples": two}).json()
+    assert r == {"upserted": 1, "ids": ["d", "d"]}  # ids line up with the items; the last one wins
+    assert client.get("/v1/examples/d").json()["text"] == "pin two"
+    assert client.get("/readyz").json()["count"] == 25
 
 
 def test_bad_example_bodies(client: TestClient) -> None:
@@ -229,10 +300,19 @@ def test_auth(secured: TestClient, caplog: pytest.LogCaptureFixture) -> None:
     _err(secured.post("/v1/examples", json=add, headers={"X-API-Key": "write-secret-12"}), 403)
     _err(secured.delete("/v1/examples/card-1", headers={"X-API-Key": "read-secret-456"}), 403)
     _err(secured.patch("/v1/examples/card-1", json={"label": "x"}), 401)
+    for empty in ({"Authorization": "Bearer "}, {"X-API-Key": ""}):  # an empty key is a missing one
+        _err(secured.post("/v1/classify", json={"text": "card"}, headers=empty), 401)
     assert secured.post("/v1/examples", json=add, headers={"X-API-Key": "write-secret-123"}).status_code == 200
     assert secured.get("/livez").status_code == 200 and secured.get("/readyz").status_code == 200
     assert "secret" not in json.dumps(e)
     assert "secret" not in caplog.text
+
+
+def test_read_key_without_write_key_is_refused() -> None:
+    from knnclass.errors import InputError
+
+    with pytest.raises(InputError, match="KNNCLASS_API_KEY"):
+        ServiceSettings(read_key="reader")
 
 
 def test_store_closed_on_shutdown(tmp_path: Path) -> None:

@@ -159,16 +159,28 @@ def _retune(
 
 
 def rollback(store: Store, collection: str) -> dict[str, str]:
-    """Switch back to the version before the current one (by number)."""
+    """Switch back to the version the current one replaced (recorded by promote).
+
+    Without that record (or if it was pruned): the newest older version that was tuned, so
+    a half-built version left by a killed promote is never switched to.
+    """
     cur = store.current_version(collection)
     if cur is None:
         store.ref(collection)  # raises the not-found error
         raise AssertionError("unreachable")
-    older = [v for v in store.versions(collection) if int(v[1:]) < int(cur[1:])]
-    if not older:
-        raise InputError(f"collection {collection!r} has no version before {cur} to roll back to")
-    store.switch(collection, older[-1])
-    return {"collection": collection, "from": cur, "to": older[-1]}
+    versions = store.versions(collection)
+    previous = store.get_meta(Ref(collection, cur)).extra.get("previous")
+    if previous in versions and previous != cur:
+        target = str(previous)
+    else:
+        older = [
+            v for v in versions if int(v[1:]) < int(cur[1:]) and store.get_meta(Ref(collection, v)).rule is not None
+        ]
+        if not older:
+            raise InputError(f"collection {collection!r} has no finished version before {cur} to roll back to")
+        target = older[-1]
+    store.switch(collection, target)
+    return {"collection": collection, "from": cur, "to": target}
 
 
 def prune(store: Store, collection: str, keep: int = 0) -> dict[str, Any]:

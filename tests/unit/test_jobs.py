@@ -27,7 +27,7 @@ from knnclass.jobs.finetune import (
 )
 from knnclass.jobs.head import Head, classify_with_head, load_heads, save_heads
 from knnclass.jobs.reindex import promote, prune, rollback
-from knnclass.store.base import Ref
+from knnclass.store.base import CollectionMeta, Ref
 from knnclass.store.edge import EdgeStore
 from knnclass.voting import Rule
 
@@ -180,6 +180,23 @@ def test_promote_rollback_prune(tmp_path: Path) -> None:
     st.switch("tickets", "v2")
     out = prune(st, "tickets")
     assert out["dropped"] == ["v1"] and st.versions("tickets") == ["v2"]
+    st.close()
+
+
+def test_rollback_skips_a_version_left_by_a_killed_promote(tmp_path: Path) -> None:
+    enc_a, enc_b = NamedFake("fake-a", topics=TOPICS), NamedFake("fake-b", dim=24, topics=TOPICS)
+    st = EdgeStore(tmp_path / "store")
+    clf = Classifier(st, "tickets", encoder=enc_a)
+    clf.index(_examples())
+    clf.tune()
+    # a promote killed mid-way leaves v2 half-built (no rule), never switched to
+    st.create_version("tickets", CollectionMeta(enc_b.identity, enc_b.source, enc_b.dim))
+    assert promote(st, "tickets", _run_dir(tmp_path), encoder=enc_b)["to"] == "v3"
+    assert rollback(st, "tickets")["to"] == "v1"
+    st.switch("tickets", "v3")
+    st.drop_version(Ref("tickets", "v1"))  # the recorded one pruned: no finished version is left
+    with pytest.raises(InputError, match="no finished version"):
+        rollback(st, "tickets")
     st.close()
 
 

@@ -45,7 +45,8 @@ def _with_unknown(mapping: dict[str, str] | None, unknown_label: str | None) -> 
     "shard",
     default=None,
     metavar="I/N",
-    help="Index only shard I of N (deterministic by id; e.g. $(JOB_COMPLETION_INDEX)/4 in an Indexed Job).",
+    help="Index only shard I of N: every N-th block of 256 rows, from block I "
+    "(e.g. $(JOB_COMPLETION_INDEX)/4 in an Indexed Job; every shard must use the same N).",
 )
 @click.option(
     "--checkpoint-dir",
@@ -87,9 +88,7 @@ def index(
     from ..jobs.shard import Checkpoint, parse_shard, select_shard
 
     spec = parse_shard(shard or "0/1")
-    examples = select_shard(
-        read_examples(tickets, text_col, label_col, id_col, load_label_map(label_map)), spec, batch_size
-    )
+    examples = select_shard(read_examples(tickets, text_col, label_col, id_col, load_label_map(label_map)), spec)
     clf = open_classifier(encoder_dir=encoder_dir, create=True, **so)
     default_dir = Path("knnclass-checkpoints") if so.get("qdrant_url") else so["store"] / "checkpoints"
     ckpt = Checkpoint(checkpoint_dir or default_dir, tickets, spec, so["collection"], batch_size)

@@ -1,10 +1,11 @@
 """Deterministic 1/N slices of a ticket file and checkpoints for resumable bulk indexing.
 
-A shard is every N-th block of `block` consecutive examples (block = the index batch
-size), so every run (and every pod of an Indexed Job) agrees on it, the N shards together
-are exactly the whole file, and each embedding batch holds the same examples as in an
-unsharded run: with dynamic int8 a text's vector depends slightly on its batch-mates, so
-this keeps the sharded collection bit-identical to the unsharded one.
+A shard is every N-th block of SHARD_BLOCK consecutive examples, so every run (and every
+pod of an Indexed Job) agrees on it whatever its --batch-size, and the N shards together
+are exactly the whole file. With an index batch size that divides the block, each
+embedding batch also holds the same examples as in an unsharded run (for encoders whose
+vectors depend on their batch-mates, e.g. per-batch int8, the collections are then
+identical; the default per-token int8 encoder does not depend on them).
 """
 
 from __future__ import annotations
@@ -20,7 +21,9 @@ from ..data import Example
 from ..errors import InputError
 from ..store._files import atomic_write_text
 
-__all__ = ["Checkpoint", "ShardSpec", "file_digest", "parse_shard", "select_shard"]
+__all__ = ["SHARD_BLOCK", "Checkpoint", "ShardSpec", "file_digest", "parse_shard", "select_shard"]
+
+SHARD_BLOCK = 256  # rows per block; fixed, so shards run with different batch sizes still tile the file
 
 
 @dataclass(frozen=True)
@@ -43,7 +46,7 @@ def parse_shard(text: str) -> ShardSpec:
     return ShardSpec(i, n)
 
 
-def select_shard(examples: Sequence[Example], spec: ShardSpec, block: int) -> list[Example]:
+def select_shard(examples: Sequence[Example], spec: ShardSpec, block: int = SHARD_BLOCK) -> list[Example]:
     """The examples of shard `spec`: blocks I, I + N, I + 2N, ... of `block` examples, in file order."""
     if spec.count == 1:
         return list(examples)

@@ -40,6 +40,14 @@ def test_shards_partition_the_file() -> None:
     assert select_shard(EX, ShardSpec(2, 4), 16) == parts[2]  # deterministic
 
 
+def test_shards_do_not_depend_on_the_batch_size() -> None:
+    """The CLI shards by fixed blocks, so shards run with different --batch-size still tile the file."""
+    many = [Example(f"id-{i}", f"text {i}", "a") for i in range(600)]
+    parts = [select_shard(many, ShardSpec(i, 2)) for i in range(2)]
+    assert [len(p) for p in parts] == [344, 256]  # blocks 0 and 2 (256 + 88), block 1
+    assert sorted(e.id for p in parts for e in p) == sorted(e.id for e in many)
+
+
 def _dump(store: EdgeStore) -> dict[str, tuple[str, str, list[float]]]:
     ref = store.ref("tickets")
     out = {}

@@ -275,6 +275,17 @@ def _quiet_libraries() -> Iterator[None]:
             lg.setLevel(level)
 
 
+def check_out_dir(out: Path) -> None:
+    """`out` may be new, empty or an earlier encoder dir (replaced); anything else is refused."""
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--out {out}: is a file")
+    if out.is_dir() and any(out.iterdir()) and not (out / METADATA_FILE).is_file():
+        raise InputError(
+            f"--out {out}: a non-empty directory that is not a knnclass encoder; "
+            "choose a new or empty one (an earlier encoder dir is replaced)"
+        )
+
+
 def export_encoder(
     src: str | Path,
     out: str | Path,
@@ -304,6 +315,7 @@ def _export_encoder(
     settings = settings or ExportSettings()
     src = Path(src).resolve()
     out = Path(out)
+    check_out_dir(out)
     if not (src / "config.json").exists():
         raise InputError(f"{src}: not a sentence-transformers / Hugging Face model dir (no config.json)")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -395,6 +407,7 @@ def export_best(
     """The fastest int8 variant that passes the parity gate (or fp32 with --quantize none)."""
     from dataclasses import replace
 
+    check_out_dir(Path(out))
     if settings.quantize == "none":
         return export_encoder(src, out, settings, name, parity_data)
     failures = []

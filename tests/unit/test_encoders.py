@@ -98,3 +98,34 @@ def test_knnclass_threads_env_is_checked(tmp_path: Path, monkeypatch: pytest.Mon
         monkeypatch.setenv("KNNCLASS_THREADS", bad)
         with pytest.raises(InputError, match="KNNCLASS_THREADS must be a positive integer"):
             OnnxEncoder(_meta_only_dir(tmp_path / f"enc{bad}"))
+
+
+def test_export_never_replaces_a_directory_that_is_not_an_encoder(tmp_path: Path) -> None:
+    from knnclass.encoders.export import check_out_dir
+    from knnclass.encoders.onnx import METADATA_FILE
+
+    check_out_dir(tmp_path / "new")  # new, or empty: fine
+    (tmp_path / "empty").mkdir()
+    check_out_dir(tmp_path / "empty")
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "tickets.csv").write_text("text,category\n")
+    with pytest.raises(InputError, match="not a knnclass encoder"):
+        check_out_dir(tmp_path / "data")
+    assert (tmp_path / "data" / "tickets.csv").exists()
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(InputError, match="is a file"):
+        check_out_dir(tmp_path / "f")
+    (tmp_path / "enc").mkdir()
+    (tmp_path / "enc" / METADATA_FILE).write_text("{}")
+    check_out_dir(tmp_path / "enc")  # an earlier export: replaced
+
+
+def test_cli_export_refuses_a_foreign_out_dir(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from knnclass.cli import cli
+
+    (tmp_path / "keep.txt").write_text("precious")
+    r = CliRunner().invoke(cli, ["export", "--out", str(tmp_path)])
+    assert r.exit_code != 0 and "not a knnclass encoder" in r.stderr and "Traceback" not in r.stderr
+    assert (tmp_path / "keep.txt").read_text() == "precious"

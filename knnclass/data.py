@@ -47,7 +47,8 @@ def point_uuid(ext_id: str) -> str:
     return str(uuid.uuid5(_POINT_NS, ext_id))
 
 
-def _rows(path: Path) -> tuple[list[str], Iterable[dict[str, str]]]:
+def _rows(path: Path) -> tuple[list[str], Iterable[tuple[int, dict[str, str]]]]:
+    """The header and (line number, row) pairs of a CSV or JSONL file; missing fields are ""."""
     if not path.exists():
         raise InputError(f"{path}: no such file")
     if path.is_dir():
@@ -64,7 +65,7 @@ def _rows(path: Path) -> tuple[list[str], Iterable[dict[str, str]]]:
     if "\x00" in content:
         raise InputError(f"{path}: contains NUL bytes; is it a binary file?")
     if path.suffix.lower() in (".jsonl", ".ndjson"):
-        records: list[dict[str, str]] = []
+        records: list[tuple[int, dict[str, str]]] = []
         keys: list[str] = []
         for n, line in enumerate(content.splitlines(), 1):
             if not line.strip():
@@ -78,8 +79,8 @@ def _rows(path: Path) -> tuple[list[str], Iterable[dict[str, str]]]:
             for key in obj:
                 if key not in keys:
                     keys.append(key)
-            records.append({k: "" if v is None else str(v) for k, v in obj.items()})
-        return keys, records
+            records.append((n, {k: "" if v is None else str(v) for k, v in obj.items()}))
+        return keys, [(n, {k: r.get(k, "") for k in keys}) for n, r in records]
     reader = csv.reader(io.StringIO(content, newline=""))
     try:
         header = next(reader)
@@ -89,14 +90,18 @@ def _rows(path: Path) -> tuple[list[str], Iterable[dict[str, str]]]:
         raise InputError(f"{path}: malformed CSV: {e}") from None
     header = [h.strip() for h in header]
 
-    def gen() -> Iterable[dict[str, str]]:
+    def gen() -> Iterable[tuple[int, dict[str, str]]]:
         try:
-            for n, row in enumerate(reader, 2):
+            while True:
+                n = reader.line_num + 1  # where the record starts (a quoted field may span lines)
+                row = next(reader, None)
+                if row is None:
+                    return
                 if not row:
                     continue
                 if len(row) > len(header):
                     raise InputError(f"{path}:{n}: {len(row)} fields but the header has {len(header)}")
-                yield dict(zip(header, row + [""] * (len(header) - len(row)), strict=True))
+                yield n, dict(zip(header, row + [""] * (len(header) - len(row)), strict=True))
         except csv.Error as e:
             raise InputError(f"{path}: malformed CSV: {e}") from None
 
@@ -115,10 +120,10 @@ def read_label_map(path: Path) -> dict[str, str]:
         raise InputError(f"{path}: a label map needs two columns (from,to)")
     src, dst = header[0], header[1]
     mapping: dict[str, str] = {}
-    for row in rows:
+    for n, row in rows:
         a, b = row[src].strip(), row[dst].strip()
         if not a or not b:
-            raise InputError(f"{path}: empty value in label map row {row}")
+            raise InputError(f"{path}:{n}: empty value in label map row")
         mapping[a] = b
     return mapping
 
@@ -141,7 +146,7 @@ def read_examples(
     if id_col is not None:
         _need(path, header, id_col, "id")
     out: dict[str, Example] = {}
-    for n, row in enumerate(rows, 2):
+    for n, row in rows:
         text = row[text_col]
         label = row[label_col].strip()
         if is_blank(text):
@@ -169,7 +174,7 @@ def read_texts(path: Path, text_col: str = "text") -> list[str]:
     header, rows = _rows(path)
     _need(path, header, text_col, "text")
     texts: list[str] = []
-    for n, row in enumerate(rows, 2):
+    for n, row in rows:
         text = row[text_col]
         if is_blank(text):
             raise InputError(f"{path}:{n}: empty text")

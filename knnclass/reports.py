@@ -69,9 +69,12 @@ def apply_relabels(clf: Classifier, path: Path) -> int:
     header, rows = _rows(path)
     if "id" not in header or "label" not in header:
         raise InputError(f"{path}: needs columns id,label (has {', '.join(header)})")
-    pairs = [(r["id"].strip(), r["label"].strip()) for r in rows]
+    pairs = [(r["id"].strip(), r["label"].strip()) for _, r in rows]
     if not pairs or any(not i or not lab for i, lab in pairs):
         raise InputError(f"{path}: every row needs an id and a label")
+    repeated = sorted(i for i, c in Counter(i for i, _ in pairs).items() if c > 1)
+    if repeated:
+        raise InputError(f"{path}: id {repeated[0]!r} is listed more than once; nothing changed")
     ref = clf.ref()
     found = {e.id for e, _ in clf.store.retrieve(ref, [i for i, _ in pairs])}
     missing = [i for i, _ in pairs if i not in found]

@@ -96,3 +96,14 @@ def test_invalid_jsonl(tmp_path: Path) -> None:
         read_examples(write(tmp_path, '{"text": \n', "t.jsonl"))
     with pytest.raises(InputError, match="JSON object"):
         read_examples(write(tmp_path, "[1, 2]\n", "u.jsonl"))
+
+
+def test_line_numbers_and_missing_jsonl_keys(tmp_path: Path) -> None:
+    jl = tmp_path / "t.jsonl"
+    jl.write_text('{"text": "a b", "category": "x"}\n\n{"text": "c d"}\n')
+    with pytest.raises(InputError, match=r"t\.jsonl:3: empty label"):  # a missing key is an empty field
+        read_examples(jl)
+    csv_path = tmp_path / "t.csv"
+    csv_path.write_text('text,category\n"two\nlines",x\n,y\n')
+    with pytest.raises(InputError, match=r"t\.csv:4: empty text"):  # counted from where the record starts
+        read_examples(csv_path)

@@ -45,6 +45,11 @@ def test_apply_relabels_checks_every_id_first(clf: Classifier, tmp_path: Path) -
     with pytest.raises(ExampleNotFoundError, match="nothing changed"):
         apply_relabels(clf, bad)
     assert clf.get("card-3").label == "pin"
+    twice = tmp_path / "twice.csv"
+    twice.write_text("id,label\ncard-3,card\ncard-3,transfer\n")
+    with pytest.raises(InputError, match="listed more than once; nothing changed"):
+        apply_relabels(clf, twice)
+    assert clf.get("card-3").label == "pin"
     good = tmp_path / "good.csv"
     good.write_text("id,label\ncard-3,card\ntransfer-8,transfer\n")
     assert apply_relabels(clf, good) == 2

@@ -26,6 +26,10 @@ class _Group(click.Group):
             sys.exit(130)
         except BrokenPipeError:
             sys.exit(1)
+        except OSError as e:  # a path the command could not read or write (missing dir, permissions)
+            where = f": {e.filename}" if e.filename else ""
+            click.echo(f"error: {e.strerror or e}{where}", err=True)
+            sys.exit(1)
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+from click.core import ParameterSource
 
 from ..data import is_blank, read_examples, read_texts
 from ..errors import InputError
@@ -23,6 +24,11 @@ from ._common import (
     store_options,
     text_col_option,
 )
+
+
+def _given(ctx: click.Context, name: str) -> bool:
+    """Whether the option was set on the command line or by its environment variable."""
+    return ctx.get_parameter_source(name) in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)
 
 
 def _with_unknown(mapping: dict[str, str] | None, unknown_label: str | None) -> dict[str, str] | None:
@@ -138,6 +144,13 @@ def tune(
     **so: Any,
 ) -> None:
     """Choose the vote rule (top-k / top-k%, majority / weighted, threshold) and store it."""
+    if validation is None:
+        ctx = click.get_current_context()
+        given = [f"--{n.replace('_', '-')}" for n in ("text_col", "label_col", "label_map") if _given(ctx, n)]
+        if given:
+            raise InputError(
+                f"{', '.join(given)} describe the --validation file; without one, tune uses the stored labels"
+            )
     mapping = _with_unknown(load_label_map(label_map), unknown_label)
     val = read_examples(validation, text_col, label_col, None, mapping) if validation else None
     clf = open_classifier(create=False, **so)
@@ -218,6 +231,11 @@ def classify(
     items = read_texts(input_path, text_col) if input_path else [t.strip() for t in texts]
     if any(is_blank(t) for t in items):
         raise InputError("empty ticket text")
+    for t in items:
+        try:
+            t.encode("utf-8")
+        except UnicodeEncodeError:  # argv bytes that are not UTF-8 arrive as lone surrogates
+            raise InputError("a ticket text argument is not valid UTF-8") from None
     clf = open_classifier(create=False, **so)
     with clf.store:
         preds, ref, rule = clf.classify(items, k=k)

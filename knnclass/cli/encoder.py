@@ -103,7 +103,8 @@ def embed(input_path: Path, text_col: str, encoder_dir: Path | None, output: Pat
     t0 = time.perf_counter()
     vecs = enc.embed(texts)
     dt = time.perf_counter() - t0
-    np.save(output, vecs)
+    with output.open("wb") as f:  # np.save(path) would add ".npy" to any other name
+        np.save(f, vecs)
     stats = {"n": len(texts), "seconds": round(dt, 4), "texts_per_s": round(len(texts) / dt, 1), "dim": enc.dim}
     if as_json:
         click.echo(json.dumps(stats))

@@ -187,6 +187,14 @@ def test_embed_cli_json(real_encoder, slices, tmp_path: Path) -> None:  # type: 
     assert np.allclose(np.linalg.norm(v, axis=1), 1, atol=1e-5)
     first = next(csv.DictReader(train.open()))["text"]
     assert float(v[0] @ real_encoder.embed([first])[0]) > 0.98  # input order kept
+    # the file is written under the name given (np.save alone would add ".npy")
+    code, _, err = run("embed", str(train), "--encoder", real_encoder.source, "--output", str(tmp_path / "v.bin"))
+    assert code == 0 and np.load(tmp_path / "v.bin").shape == v.shape and not (tmp_path / "v.bin.npy").exists()
+    # an output path that cannot be written: one line, no traceback
+    code, _, err = run(
+        "embed", str(train), "--encoder", real_encoder.source, "--output", str(tmp_path / "no" / "v.npy")
+    )
+    assert code == 1 and err.startswith("error: No such file or directory") and "Traceback" not in err
 
 
 def test_bulk_workers_and_single_calls_give_the_batched_vectors(real_encoder, slices) -> None:  # type: ignore[no-untyped-def]

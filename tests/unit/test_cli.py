@@ -113,6 +113,18 @@ def test_classify_needs_text_or_input(tuned_store: Path) -> None:
         _assert_clean_error(code, err, "empty ticket text")
 
 
+def test_classify_argument_that_is_not_utf8(tuned_store: Path) -> None:
+    code, _, err = invoke("classify", "--store", str(tuned_store), "caf\udce9 card")
+    _assert_clean_error(code, err, "not valid UTF-8")
+
+
+def test_tune_refuses_file_options_without_validation(tuned_store: Path, data_dir: Path) -> None:
+    code, _, err = invoke("tune", "--store", str(tuned_store), "--label-map", str(data_dir / "urgency.csv"))
+    _assert_clean_error(code, err, "--label-map describe the --validation file")
+    code, _, err = invoke("tune", "--store", str(tuned_store), "--text-col", "body")
+    _assert_clean_error(code, err, "--text-col describe the --validation file")
+
+
 def test_serve_refuses_read_key_without_write_key(tuned_store: Path) -> None:
     r = CliRunner().invoke(cli, ["serve", "--store", str(tuned_store)], env={"KNNCLASS_READ_KEY": "reader"})
     assert r.exit_code != 0 and "set KNNCLASS_API_KEY too" in r.stderr and "Traceback" not in r.stderr

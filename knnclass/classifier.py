@@ -264,6 +264,7 @@ class Classifier:
             truth = [e.label for e in validation]
             limit = min(K_MAX, n_indexed)
             hits = self.store.search(ref, enc.embed([e.text for e in validation]), limit)
+            _check_labels(truth, {h.label for row in hits for h in row}, unknown_label)
             mode = "validation"
         result = tune_rule(truth, hits, n_indexed, unknown_label, mode)
         self.store.set_meta(ref, meta.with_(rule=result.best.rule.to_dict(), tuning=result.summary()))
@@ -271,6 +272,8 @@ class Classifier:
 
     def evaluate(self, examples: Sequence[Example], unknown_label: str | None = None) -> dict[str, Any]:
         preds, _, rule = self.classify([e.text for e in examples])
+        seen = {n.label for p in preds for n in p.neighbours} | {p.label for p in preds if p.label}
+        _check_labels([e.label for e in examples], seen, unknown_label)
         m = score_predictions([e.label for e in examples], [p.label for p in preds], unknown_label)
         ref = self.ref()
         return {
@@ -306,3 +309,15 @@ class Classifier:
     def iter_examples(self, ref: Ref | None = None) -> Iterable[Example]:
         for examples, _ in self.store.scroll(ref or self.ref()):
             yield from examples
+
+
+def _check_labels(truth: Sequence[str], stored: set[str], unknown_label: str | None) -> None:
+    """Refuse a labelled file that cannot be scored against the collection (a wrong column or map)."""
+    if unknown_label is not None and unknown_label not in truth:
+        raise InputError(f"no row is labelled with the --unknown-label {unknown_label!r}")
+    in_scope = sorted(set(truth) - {unknown_label})
+    if in_scope and stored and not stored & set(in_scope):
+        raise InputError(
+            f"none of the file's labels ({', '.join(in_scope[:3])}{', ...' if len(in_scope) > 3 else ''}) "
+            f"are in the collection (e.g. {', '.join(sorted(stored)[:3])}); wrong --label-col or --label-map?"
+        )

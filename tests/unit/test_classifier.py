@@ -89,6 +89,19 @@ def test_tune_on_validation_with_unknown_label_learns_a_threshold(clf: Classifie
     assert m["threshold"] == result.best.rule.threshold
 
 
+def test_scoring_a_file_that_cannot_match_the_collection_is_refused(clf: Classifier) -> None:
+    clf.tune()
+    urgency = [Example(f"w{i}", f"{t} again {i}", "urgent" if i % 2 else "not_urgent") for i, t in enumerate(TOPICS)]
+    with pytest.raises(InputError, match="none of the file's labels"):
+        clf.evaluate(urgency)
+    with pytest.raises(InputError, match="none of the file's labels"):
+        clf.tune(urgency)
+    right = [Example(f"v{i}", f"{t} again {i}", t) for i, t in enumerate(TOPICS)]
+    with pytest.raises(InputError, match="no row is labelled with the --unknown-label 'OOS'"):
+        clf.evaluate(right, unknown_label="OOS")
+    assert clf.evaluate(right)["n"] == len(TOPICS)
+
+
 def test_live_add_relabel_delete(clf: Classifier) -> None:
     clf.tune()
     clf.add([Example("new-1", "refund refund refund", "refund")])

@@ -71,7 +71,7 @@ def _data_options(f: Any) -> Any:
         click.option(
             "--lr", default=2e-5, show_default=True, type=float, help="Encoder learning rate (keep small: 1e-5..5e-5)."
         ),
-        click.option("--head-lr", default=1e-3, show_default=True, type=float),
+        click.option("--head-lr", default=1e-3, show_default=True, type=click.FloatRange(0, 1, min_open=True)),
         click.option(
             "--scheduler", default="linear", show_default=True, type=click.Choice(["linear", "cosine", "constant"])
         ),
@@ -87,7 +87,13 @@ def _data_options(f: Any) -> Any:
             help="Tokens per text while training (tickets longer than this are truncated).",
         ),
         click.option("--seed", default=0, show_default=True, type=int),
-        click.option("--scale", default=20.0, show_default=True, type=float, help="Cosine-head logit scale."),
+        click.option(
+            "--scale",
+            default=20.0,
+            show_default=True,
+            type=click.FloatRange(0, 1000, min_open=True),
+            help="Cosine-head logit scale.",
+        ),
         click.option("--max-steps", default=None, type=click.IntRange(1), help="Stop after this many steps."),
         click.option(
             "--freeze-layers",

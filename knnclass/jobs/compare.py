@@ -116,10 +116,12 @@ def compare(
     """Run `strategies` (each with `base` settings plus its overrides), rank, write the report."""
     log = log or (lambda s: None)
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    if not strategies:
+        raise InputError(f"no strategy given; choose from {', '.join(STRATEGIES)}")
     for s in strategies:
         if s not in STRATEGIES:
             raise InputError(f"unknown strategy {s!r}; choose from {', '.join(STRATEGIES)}")
+    out.mkdir(parents=True, exist_ok=True)
     base = base or FinetuneSettings()
     latency_texts = validation.texts[:40]
     rows: list[dict[str, Any]] = []

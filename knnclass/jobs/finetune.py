@@ -395,11 +395,13 @@ def run_finetune(
     from ..encoders import default_model_dir
 
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    base = Path(base_model) if base_model else default_model_dir()
+    if not (base / "config.json").is_file():
+        raise InputError(f"{base}: not a sentence-transformers / Hugging Face model dir (no config.json)")
     if (out / RUN_FILE).exists():
         raise InputError(f"{out}: already holds a run; choose another --out")
+    out.mkdir(parents=True, exist_ok=True)
     log = log or (lambda s: None)
-    base = Path(base_model) if base_model else default_model_dir()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     validation.write_csv(out / "validation.csv")
     t0 = time.perf_counter()

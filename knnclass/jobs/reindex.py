@@ -102,6 +102,10 @@ def promote(
         if n != n_old:
             raise InputError(f"reindexed {n} of {n_old} examples; the old version changed while promoting? retry")
         tuned, head_info = _retune(store, new, encoder, run_dir, labels, use_head)
+        if use_head and head_info is None:
+            raise InputError(
+                f"{run_dir}: no head to serve (--rule head): the run has none whose labels cover the collection's"
+            )
         meta = store.get_meta(new).with_(rule=tuned.best.rule.to_dict(), tuning=tuned.summary())
         if head_info and head_info["serve"]:
             meta = meta.with_(

@@ -200,6 +200,31 @@ def test_rollback_skips_a_version_left_by_a_killed_promote(tmp_path: Path) -> No
     st.close()
 
 
+def test_forcing_a_head_the_run_lacks_switches_nothing(tmp_path: Path) -> None:
+    st = EdgeStore(tmp_path / "store")
+    clf = Classifier(st, "tickets", encoder=NamedFake("fake-a", topics=TOPICS))
+    clf.index(_examples())
+    clf.tune()
+    with pytest.raises(InputError, match="no head to serve"):
+        promote(st, "tickets", _run_dir(tmp_path), encoder=NamedFake("fake-b", topics=TOPICS), use_head=True)
+    assert st.current_version("tickets") == "v1" and st.versions("tickets") == ["v1"]
+    st.close()
+
+
+def test_jobs_check_their_inputs_before_writing(tmp_path: Path) -> None:
+    from knnclass.jobs.compare import compare
+    from knnclass.jobs.finetune import run_finetune
+
+    data = TaskSet(["card a", "pin b"], {"category": ["card", "pin"]})
+    with pytest.raises(InputError, match="no strategy given"):
+        compare(data, data, tmp_path / "cmp", [], FinetuneSettings())
+    not_a_model = tmp_path / "notes"
+    not_a_model.mkdir()
+    with pytest.raises(InputError, match=r"no config\.json"):
+        run_finetune(data, data, FinetuneSettings(strategy="transfer"), tmp_path / "run", base_model=not_a_model)
+    assert not (tmp_path / "cmp").exists() and not (tmp_path / "run").exists()
+
+
 def test_failed_promote_switches_nothing(tmp_path: Path) -> None:
     st = EdgeStore(tmp_path / "store")
     clf = Classifier(st, "tickets", encoder=NamedFake("fake-a", topics=TOPICS))

@@ -117,7 +117,9 @@ def test_app_factory_reads_the_environment(store: Path, monkeypatch: pytest.Monk
 
     monkeypatch.setenv("KNNCLASS_STORE", str(store))
     monkeypatch.setenv("KNNCLASS_READ_KEY", "r-key")
+    monkeypatch.setenv("KNNCLASS_API_KEY", "w-key")
     with TestClient(app_from_env()) as c:
         assert c.post("/v1/classify", json={"text": "card not working"}).status_code == 401
         r = c.post("/v1/classify", json={"text": "card not working"}, headers={"X-API-Key": "r-key"})
         assert r.status_code == 200 and r.json()["predictions"][0]["label"]
+        assert c.delete("/v1/examples/nope", headers={"X-API-Key": "r-key"}).status_code == 403

@@ -228,6 +228,8 @@ def classify(
     """Classify TEXTS (or --input FILE): label, confidence and neighbours as evidence."""
     if bool(texts) == bool(input_path):
         raise InputError("give ticket texts as arguments or --input FILE (one of the two)")
+    if input_path and output and output.resolve() == input_path.resolve():
+        raise InputError("--output is the --input file; write the predictions somewhere else")
     items = read_texts(input_path, text_col) if input_path else [t.strip() for t in texts]
     if any(is_blank(t) for t in items):
         raise InputError("empty ticket text")

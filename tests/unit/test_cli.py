@@ -113,6 +113,14 @@ def test_classify_needs_text_or_input(tuned_store: Path) -> None:
         _assert_clean_error(code, err, "empty ticket text")
 
 
+def test_classify_output_never_overwrites_its_input(tuned_store: Path, tmp_path: Path) -> None:
+    tickets = tmp_path / "t.csv"
+    tickets.write_text("text,extra\ncard lost,keep me\n")
+    code, _, err = invoke("classify", "--store", str(tuned_store), "--input", str(tickets), "--output", str(tickets))
+    _assert_clean_error(code, err, "--output is the --input file")
+    assert tickets.read_text() == "text,extra\ncard lost,keep me\n"
+
+
 def test_classify_argument_that_is_not_utf8(tuned_store: Path) -> None:
     code, _, err = invoke("classify", "--store", str(tuned_store), "caf\udce9 card")
     _assert_clean_error(code, err, "not valid UTF-8")

@@ -58,10 +58,7 @@ def _error(status: int, kind: str, message: str, headers: dict[str, str] | None 
 
 
 class _Refused(Exception):
-    """Raised from `receive` to stop the app before it acts; the guard sends `response` instead."""
-
-    def __init__(self, response: JSONResponse):
-        self.response = response
+    """Raised from `receive` to stop the app before it acts; the guard sends its own answer instead."""
 
 
 class _Guard:
@@ -81,6 +78,13 @@ class _Guard:
         return _error(
             429, "overloaded", "too many requests in flight; retry later", {"Retry-After": str(self.s.retry_after_s)}
         )
+
+    def _take_slot(self) -> bool:
+        """One more request in flight, unless the bound is reached."""
+        if self.in_flight >= self.s.max_in_flight:
+            return False
+        self.in_flight += 1
+        return True
 
     def _too_big(self) -> JSONResponse:
         return _error(413, "payload_too_large", f"request body over {self.s.max_body_bytes} bytes")
@@ -105,12 +109,11 @@ class _Guard:
         has_body = b"transfer-encoding" in headers or (length is not None and length.strip() not in (b"", b"0"))
         acquired = False
         if limited and not has_body:
-            if self.in_flight >= self.s.max_in_flight:
+            acquired = self._take_slot()
+            if not acquired:
                 self.m.count(method, "overload", 429)
                 await self._overloaded()(scope, receive, send)
                 return
-            self.in_flight += 1
-            acquired = True
 
         seen = 0
         body_done = not has_body
@@ -119,7 +122,7 @@ class _Guard:
         def refuse(response: JSONResponse) -> _Refused:
             nonlocal refused
             refused = response
-            return _Refused(response)
+            return _Refused()
 
         async def guarded_receive() -> Message:
             nonlocal seen, body_done, acquired
@@ -139,10 +142,9 @@ class _Guard:
             if not msg.get("more_body", False):
                 body_done = True
                 if limited and not acquired:
-                    if self.in_flight >= self.s.max_in_flight:
+                    acquired = self._take_slot()
+                    if not acquired:
                         raise refuse(self._overloaded())
-                    self.in_flight += 1
-                    acquired = True
             return msg
 
         status = 500

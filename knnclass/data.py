@@ -15,7 +15,16 @@ from pathlib import Path
 
 from .errors import InputError
 
-__all__ = ["Example", "example_id", "is_blank", "point_uuid", "read_examples", "read_label_map", "read_texts"]
+__all__ = [
+    "Example",
+    "example_id",
+    "is_blank",
+    "is_utf8",
+    "point_uuid",
+    "read_examples",
+    "read_label_map",
+    "read_texts",
+]
 
 # A single CSV field may be large (long ticket bodies); the stdlib default is 128 KiB.
 csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
@@ -35,6 +44,15 @@ class Example:
 def is_blank(text: str) -> bool:
     """True when `text` has nothing to read: only white space, control or invisible format characters."""
     return all(c.isspace() or unicodedata.category(c) in ("Cc", "Cf") for c in text)
+
+
+def is_utf8(text: str) -> bool:
+    """False for text holding lone surrogates (JSON escapes, or argv bytes that were not UTF-8)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def example_id(text: str) -> str:

@@ -10,7 +10,7 @@ from typing import Any
 import click
 from click.core import ParameterSource
 
-from ..data import is_blank, read_examples, read_texts
+from ..data import is_blank, is_utf8, read_examples, read_texts
 from ..errors import InputError
 from ..voting import Rule
 from ._common import (
@@ -233,11 +233,8 @@ def classify(
     items = read_texts(input_path, text_col) if input_path else [t.strip() for t in texts]
     if any(is_blank(t) for t in items):
         raise InputError("empty ticket text")
-    for t in items:
-        try:
-            t.encode("utf-8")
-        except UnicodeEncodeError:  # argv bytes that are not UTF-8 arrive as lone surrogates
-            raise InputError("a ticket text argument is not valid UTF-8") from None
+    if not all(is_utf8(t) for t in items):
+        raise InputError("a ticket text argument is not valid UTF-8")
     clf = open_classifier(create=False, **so)
     with clf.store:
         preds, ref, rule = clf.classify(items, k=k)

@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr, model_validator
 
-from ..data import is_blank
+from ..data import is_blank, is_utf8
 
 __all__ = [
     "MAX_TEXTS",
@@ -25,10 +25,8 @@ MAX_ID = 256
 
 def _encodable(value: str, what: str) -> str:
     """JSON can carry lone UTF-16 surrogates that no encoder can take: refuse them here."""
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        raise ValueError(f"{what} contains an unpaired surrogate (invalid Unicode)") from None
+    if not is_utf8(value):
+        raise ValueError(f"{what} contains an unpaired surrogate (invalid Unicode)")
     return value
 
 

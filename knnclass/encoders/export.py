@@ -275,6 +275,12 @@ def _quiet_libraries() -> Iterator[None]:
             lg.setLevel(level)
 
 
+def require_model_dir(src: Path) -> None:
+    """Refuse a dir that is not a local sentence-transformers / Hugging Face model."""
+    if not (src / "config.json").is_file():
+        raise InputError(f"{src}: not a sentence-transformers / Hugging Face model dir (no config.json)")
+
+
 def check_out_dir(out: Path) -> None:
     """`out` may be new, empty or an earlier encoder dir (replaced); anything else is refused."""
     if out.exists() and not out.is_dir():
@@ -316,8 +322,7 @@ def _export_encoder(
     src = Path(src).resolve()
     out = Path(out)
     check_out_dir(out)
-    if not (src / "config.json").exists():
-        raise InputError(f"{src}: not a sentence-transformers / Hugging Face model dir (no config.json)")
+    require_model_dir(src)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     t0 = time.perf_counter()
     cfg = st_config(src)
@@ -407,7 +412,6 @@ def export_best(
     """The fastest int8 variant that passes the parity gate (or fp32 with --quantize none)."""
     from dataclasses import replace
 
-    check_out_dir(Path(out))
     if settings.quantize == "none":
         return export_encoder(src, out, settings, name, parity_data)
     failures = []

@@ -393,11 +393,11 @@ def run_finetune(
 ) -> dict[str, Any]:
     """Run one strategy and write its run dir; returns run.json's content."""
     from ..encoders import default_model_dir
+    from ..encoders.export import require_model_dir
 
     out = Path(out_dir)
     base = Path(base_model) if base_model else default_model_dir()
-    if not (base / "config.json").is_file():
-        raise InputError(f"{base}: not a sentence-transformers / Hugging Face model dir (no config.json)")
+    require_model_dir(base)
     if (out / RUN_FILE).exists():
         raise InputError(f"{out}: already holds a run; choose another --out")
     out.mkdir(parents=True, exist_ok=True)

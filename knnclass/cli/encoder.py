@@ -77,6 +77,12 @@ def export(
         p = meta["parity"]
         knn = f", kNN accuracy {p['knn_accuracy']} (fp32 {p['knn_accuracy_fp32']})" if "knn_accuracy" in p else ""
         click.echo(f"exported {meta['identity']} to {out}: cosine min {p['cosine_min']}, mean {p['cosine_mean']}{knn}")
+        if "fused_cosine_min" in p:
+            knn = f", kNN accuracy {p['fused_knn_accuracy']}" if "fused_knn_accuracy" in p else ""
+            click.echo(
+                f"  fused-ops graph ({meta['fused_model_file']}): cosine min {p['fused_cosine_min']}, "
+                f"mean {p['fused_cosine_mean']}{knn}"
+            )
 
 
 @click.command()

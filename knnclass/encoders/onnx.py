@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import logging
+import os
 import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -14,10 +16,19 @@ import numpy as np
 from .._cpu import encoder_threads
 from ..errors import DependencyError, EncoderError, InputError
 
-__all__ = ["CUDA_MODEL_FILE", "METADATA_FILE", "OnnxEncoder", "read_metadata", "select_providers"]
+__all__ = [
+    "CUDA_MODEL_FILE",
+    "FUSED_MODEL_FILE",
+    "METADATA_FILE",
+    "OnnxEncoder",
+    "fused_ops_library",
+    "read_metadata",
+    "select_providers",
+]
 
 METADATA_FILE = "knnclass-encoder.json"
 CUDA_MODEL_FILE = "model_fp16.onnx"  # written by `knnclass export --cuda`
+FUSED_MODEL_FILE = "model_fused.onnx"  # the int8 graph on knnclass's fused ops (_fusedops.c)
 # A lone batch with at least this many token slots (rows x width) runs on every thread:
 # one 342-token text takes 18 ms on 2 threads vs 29 ms on 1; a short ticket gains nothing.
 WIDE_TOKENS = 128
@@ -36,6 +47,19 @@ def read_metadata(model_dir: Path) -> dict[str, Any]:
         if key not in meta:
             raise EncoderError(f"{path}: encoder metadata lacks {key!r}")
     return meta
+
+
+def fused_ops_library() -> Path | None:
+    """knnclass's compiled onnxruntime ops, or None where setup.py could not build them.
+
+    KNNCLASS_FUSED_OPS=0 turns them off (the stock-op graph runs instead).
+    """
+    if os.environ.get("KNNCLASS_FUSED_OPS", "1").strip() == "0":
+        return None
+    from importlib.machinery import EXTENSION_SUFFIXES
+
+    here = Path(__file__).parent
+    return next((here / f"_fusedops{s}" for s in EXTENSION_SUFFIXES if (here / f"_fusedops{s}").is_file()), None)
 
 
 def select_providers(device: str, available: Sequence[str]) -> list[str]:
@@ -83,8 +107,19 @@ class OnnxEncoder:
                     "re-export it with `knnclass export --cuda`"
                 )
             self._model_file = self._dir / self.meta["cuda_model_file"]
+        # CPU: the graph on knnclass's fused ops where the export wrote one and they are built.
+        self._ops_library: Path | None = None
+        fused = self.meta.get("fused_model_file")
+        if graph is None and fused and providers[0] == "CPUExecutionProvider":
+            self._ops_library = fused_ops_library()
+            if self._ops_library is not None:
+                self._model_file = self._dir / fused
         if graph is not None:
             self._model_file = self._dir / graph
+            if graph == fused:
+                self._ops_library = fused_ops_library()
+                if self._ops_library is None:
+                    raise EncoderError(f"{self._dir / graph} needs knnclass's compiled ops, which are not built here")
         # CPU: `_session` runs on one thread (no intra-op barriers: steadier tails under
         # concurrent requests); calls of several batches spread them over `threads` workers,
         # and one large batch goes to a `threads`-wide session made on first use.
@@ -93,7 +128,17 @@ class OnnxEncoder:
         self._wide: Any = None
         self._lazy_lock = threading.Lock()
         try:
-            self._session = self._new_session(1 if self._spread else self._threads, providers)
+            try:
+                self._session = self._new_session(1 if self._spread else self._threads, providers)
+            except Exception as e:
+                if self._ops_library is None or graph is not None:
+                    raise
+                # e.g. an onnxruntime too old for the ops' API level: run the stock graph
+                logging.getLogger(__name__).warning(
+                    "%s: fused ops unusable (%s); running %s", self._dir, e, self.meta["model_file"]
+                )
+                self._ops_library, self._model_file = None, self._dir / self.meta["model_file"]
+                self._session = self._new_session(1 if self._spread else self._threads, providers)
             if not self._spread:
                 self._wide = self._session
             tok = Tokenizer.from_file(str(self._dir / "tokenizer.json"))
@@ -116,6 +161,8 @@ class OnnxEncoder:
         opts.inter_op_num_threads = 1
         opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         opts.log_severity_level = 3
+        if self._ops_library is not None:
+            opts.register_custom_ops_library(str(self._ops_library))
         return ort.InferenceSession(str(self._model_file), sess_options=opts, providers=providers)
 
     def _workers(self) -> ThreadPoolExecutor | None:
@@ -135,6 +182,11 @@ class OnnxEncoder:
             if self._wide is None:
                 self._wide = self._new_session(self._threads, self.providers)
             return self._wide
+
+    @property
+    def graph(self) -> str:
+        """The ONNX file this encoder runs (model.onnx, or the fused / fp16 graph)."""
+        return self._model_file.name
 
     @property
     def identity(self) -> str:

@@ -232,9 +232,9 @@ def test_export_cuda_writes_a_gated_fp16_graph_that_cuda_selects(
     assert meta["parity"]["cuda_fp16_cosine_min"] >= 0.98 and meta["parity"]["cuda_fp16_cosine_mean"] >= 0.995
     texts = [r["text"] for r in csv.DictReader(slices[1].open())][:20]
     cpu = OnnxEncoder(out)
-    assert cpu.providers == ["CPUExecutionProvider"] and cpu._model_file.name == "model.onnx"
+    assert cpu.providers == ["CPUExecutionProvider"] and cpu.graph == "model_fused.onnx"
     # Without a GPU, onnxruntime runs the CUDA choice on its CPU provider: the selection is what is tested.
     monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
     gpu = OnnxEncoder(out, device="cuda")
-    assert gpu.providers[0] == "CUDAExecutionProvider" and gpu._model_file.name == CUDA_MODEL_FILE
+    assert gpu.providers[0] == "CUDAExecutionProvider" and gpu.graph == CUDA_MODEL_FILE
     assert float(np.min(np.sum(gpu.embed(texts) * cpu.embed(texts), axis=1))) > 0.98

@@ -1,0 +1,525 @@
+/*
+ * knnclass fused ops: onnxruntime custom ops (domain "ai.knnclass") that do, in one pass
+ * over a row, the elementwise work around the per-row int8 GEMMs of knnclass/encoders/
+ * _rowwise.py, which stock onnxruntime runs as 6-12 separate kernels per GEMM:
+ *
+ *   RowQuant(X)                          -> Q, S   per-row symmetric uint8 (zero point 128)
+ *   ScaleBias(Y, S, B)                   -> Z      Z = Y*S + B
+ *   ScaleBiasGeluQuant(Y, S, B)          -> Q, S2  RowQuant(gelu(Y*S + B)), exact (erf) GELU
+ *   ScaleBiasAddLayerNorm(Y,S,B,R,G,Be)  -> Z      Z = LayerNorm(Y*S + B + R)
+ *   ScaleBiasAddLayerNormQuant(...)      -> Z, Q, S2
+ *   Attention(Qm, Km, Vm, M)             -> C      softmax(Qh Kh^T / sqrt(D) + M) Vh per head
+ *   AttentionQuant(Qm, Km, Vm, M)        -> Q, S2  RowQuant(C)
+ *
+ * Qm, Km, Vm are [B, T, H*D] (heads side by side, as the projections give them), M the
+ * additive mask bias, [B, 1, 1|T, T]; C is [B, T, H*D], i.e. the heads already merged.
+ * Y is the int8 GEMM's output already scaled per column, S the activation row scales.
+ * onnxruntime loads this library through SessionOptions.register_custom_ops_library and
+ * calls RegisterCustomOps. Only the few C API entries used here are declared below, by
+ * their slot in onnxruntime's OrtApi function table (stable: the table only grows).
+ */
+#include <math.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define KC_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define KC_CLONES
+#endif
+
+#if defined(_WIN32)
+#define KC_EXPORT __declspec(dllexport)
+#else
+#define KC_EXPORT __attribute__((visibility("default")))
+#endif
+
+/* ---- the part of onnxruntime's C API this library uses ---------------------------- */
+
+typedef struct OrtStatus OrtStatus;
+typedef struct OrtValue OrtValue;
+typedef struct OrtKernelContext OrtKernelContext;
+typedef struct OrtKernelInfo OrtKernelInfo;
+typedef struct OrtSessionOptions OrtSessionOptions;
+typedef struct OrtCustomOpDomain OrtCustomOpDomain;
+typedef struct OrtTensorTypeAndShapeInfo OrtTensorTypeAndShapeInfo;
+typedef void *const *OrtApiTable; /* OrtApi: a table of function pointers */
+
+typedef struct OrtApiBase {
+    OrtApiTable (*GetApi)(uint32_t version);
+    const char *(*GetVersionString)(void);
+} OrtApiBase;
+
+enum { KC_API_VERSION = 16 }; /* custom-op API level used here: KernelComputeV2 */
+enum { ORT_INVALID_ARGUMENT = 2 };
+enum { T_FLOAT = 1, T_UINT8 = 2 };
+
+/* slots in OrtApi */
+enum {
+    S_CreateStatus = 0,
+    S_GetTensorMutableData = 51,
+    S_GetDimensionsCount = 61,
+    S_GetDimensions = 62,
+    S_GetTensorTypeAndShape = 65,
+    S_KernelInfoGetAttribute_float = 85,
+    S_KernelInfoGetAttribute_int64 = 86,
+    S_KernelContext_GetInput = 90,
+    S_KernelContext_GetOutput = 91,
+    S_ReleaseTensorTypeAndShapeInfo = 99,
+    S_CreateCustomOpDomain = 26,
+    S_CustomOpDomain_Add = 27,
+    S_AddCustomOpDomain = 28,
+};
+
+typedef OrtStatus *(*CreateStatus_t)(int code, const char *msg);
+typedef OrtStatus *(*GetTensorMutableData_t)(OrtValue *value, void **out);
+typedef OrtStatus *(*GetDimensionsCount_t)(const OrtTensorTypeAndShapeInfo *info, size_t *out);
+typedef OrtStatus *(*GetDimensions_t)(const OrtTensorTypeAndShapeInfo *info, int64_t *dims, size_t n);
+typedef OrtStatus *(*GetTensorTypeAndShape_t)(const OrtValue *value, OrtTensorTypeAndShapeInfo **out);
+typedef OrtStatus *(*KernelInfoGetAttribute_float_t)(const OrtKernelInfo *info, const char *name, float *out);
+typedef OrtStatus *(*KernelInfoGetAttribute_int64_t)(const OrtKernelInfo *info, const char *name, int64_t *out);
+typedef OrtStatus *(*KernelContext_GetInput_t)(const OrtKernelContext *ctx, size_t i, const OrtValue **out);
+typedef OrtStatus *(*KernelContext_GetOutput_t)(OrtKernelContext *ctx, size_t i, const int64_t *dims, size_t n,
+                                                OrtValue **out);
+typedef void (*ReleaseTensorTypeAndShapeInfo_t)(OrtTensorTypeAndShapeInfo *info);
+typedef OrtStatus *(*CreateCustomOpDomain_t)(const char *domain, OrtCustomOpDomain **out);
+typedef OrtStatus *(*CustomOpDomain_Add_t)(OrtCustomOpDomain *domain, const void *op);
+typedef OrtStatus *(*AddCustomOpDomain_t)(OrtSessionOptions *options, OrtCustomOpDomain *domain);
+
+#define API(name) ((name##_t)g_api[S_##name])
+
+/* OrtCustomOp as of API version 16 (fields through KernelComputeV2). */
+typedef struct KcOp {
+    uint32_t version;
+    void *(*CreateKernel)(const struct KcOp *op, OrtApiTable api, const OrtKernelInfo *info);
+    const char *(*GetName)(const struct KcOp *op);
+    const char *(*GetExecutionProviderType)(const struct KcOp *op);
+    int (*GetInputType)(const struct KcOp *op, size_t index);
+    size_t (*GetInputTypeCount)(const struct KcOp *op);
+    int (*GetOutputType)(const struct KcOp *op, size_t index);
+    size_t (*GetOutputTypeCount)(const struct KcOp *op);
+    void (*KernelCompute)(void *kernel, OrtKernelContext *ctx);
+    void (*KernelDestroy)(void *kernel);
+    int (*GetInputCharacteristic)(const struct KcOp *op, size_t index);
+    int (*GetOutputCharacteristic)(const struct KcOp *op, size_t index);
+    int (*GetInputMemoryType)(const struct KcOp *op, size_t index);
+    int (*GetVariadicInputMinArity)(const struct KcOp *op);
+    int (*GetVariadicInputHomogeneity)(const struct KcOp *op);
+    int (*GetVariadicOutputMinArity)(const struct KcOp *op);
+    int (*GetVariadicOutputHomogeneity)(const struct KcOp *op);
+    OrtStatus *(*CreateKernelV2)(const struct KcOp *op, OrtApiTable api, const OrtKernelInfo *info, void **kernel);
+    OrtStatus *(*KernelComputeV2)(void *kernel, OrtKernelContext *ctx);
+    /* knnclass's own fields (onnxruntime reads none past KernelComputeV2 at version 16) */
+    const char *name;
+    int kind;
+    int n_in;
+    const int *in_types;
+    int n_out;
+    const int *out_types;
+} KcOp;
+
+static OrtApiTable g_api;
+
+/* ---- row kernels -------------------------------------------------------------------- */
+
+static const float kEps = 1e-8f; /* floor on a row's max |x|, as the stock graph */
+
+/* Written so that GCC vectorises them: fminf/fmaxf (NaN rules) and roundevenf do not;
+   nearbyintf rounds half to even in the default rounding mode, as QuantizeLinear. */
+#define KC_MAX(a, b) ((a) > (b) ? (a) : (b))
+#define KC_MIN(a, b) ((a) < (b) ? (a) : (b))
+
+KC_CLONES static void quant_row(const float *x, int64_t n, uint8_t *q, float *scale) {
+    float m = kEps;
+#pragma omp simd reduction(max : m)
+    for (int64_t j = 0; j < n; j++) m = KC_MAX(m, fabsf(x[j]));
+    float s = m / 127.0f;
+    float inv = 1.0f / s;
+#pragma omp simd
+    for (int64_t j = 0; j < n; j++) {
+        float v = nearbyintf(x[j] * inv) + 128.0f;
+        v = KC_MIN(KC_MAX(v, 0.0f), 255.0f);
+        q[j] = (uint8_t)(int32_t)v;
+    }
+    *scale = s;
+}
+
+/* exp(x) for x <= 0 (GELU's tail, softmax): 2^n * p(r), |rel err| ~ 1e-7; 0 below -80 */
+static inline float exp_neg(float x) {
+    float under = x < -80.0f ? 0.0f : 1.0f; /* (not -87: 2^-126 * p would be denormal, slow) */
+    x = KC_MAX(x, -80.0f);
+    float n = nearbyintf(x * 1.44269504088896341f);
+    float r = x - n * 0.693359375f;
+    r = r + n * 2.12194440e-4f;
+    float p = 1.9875691500e-4f;
+    p = p * r + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    p = p * r * r + r + 1.0f;
+    int32_t bits = ((int32_t)n + 127) << 23;
+    float two_n;
+    memcpy(&two_n, &bits, sizeof two_n);
+    return p * two_n * under;
+}
+
+/* exact GELU x/2 (1 + erf(x/sqrt 2)); erf by Abramowitz-Stegun 7.1.26 (|err| <= 1.5e-7) */
+static inline float gelu(float x) {
+    float z = fabsf(x) * 0.70710678118654752f;
+    float t = 1.0f / (1.0f + 0.3275911f * z);
+    float poly = t * (0.254829592f + t * (-0.284496736f + t * (1.421413741f + t * (-1.453152027f + t * 1.061405429f))));
+    float e = 1.0f - poly * exp_neg(-z * z);
+    e = copysignf(e, x);
+    return 0.5f * x * (1.0f + e);
+}
+
+KC_CLONES static void scale_bias_row(const float *y, float s, const float *b, int64_t n, float *z) {
+#pragma omp simd
+    for (int64_t j = 0; j < n; j++) z[j] = y[j] * s + b[j];
+}
+
+KC_CLONES static void scale_bias_gelu_row(const float *y, float s, const float *b, int64_t n, float *tmp) {
+#pragma omp simd
+    for (int64_t j = 0; j < n; j++) tmp[j] = gelu(y[j] * s + b[j]);
+}
+
+KC_CLONES static void scale_bias_add_ln_row(const float *y, float s, const float *b, const float *r, const float *g,
+                                            const float *be, float eps, int64_t n, float *z) {
+    float sum = 0.0f;
+#pragma omp simd reduction(+ : sum)
+    for (int64_t j = 0; j < n; j++) {
+        float v = y[j] * s + b[j] + r[j];
+        z[j] = v;
+        sum += v;
+    }
+    float mean = sum / (float)n;
+    float var = 0.0f;
+#pragma omp simd reduction(+ : var)
+    for (int64_t j = 0; j < n; j++) {
+        float d = z[j] - mean;
+        var += d * d;
+    }
+    float inv = 1.0f / sqrtf(var / (float)n + eps);
+#pragma omp simd
+    for (int64_t j = 0; j < n; j++) z[j] = (z[j] - mean) * inv * g[j] + be[j];
+}
+
+/* GCC/clang vector extension: 16 floats (one AVX-512 register, two AVX2 ones). */
+typedef float kc_v16 __attribute__((vector_size(64)));
+typedef float kc_v16u __attribute__((vector_size(64), aligned(4))); /* unaligned access */
+#define KC_LOAD(p) (*(const kc_v16u *)(p))
+#define KC_STORE(p, x) (*(kc_v16u *)(p) = (x))
+
+/* One head of one text: c[i] = softmax_j(q_i . k_j * scale + m[i][j]) v_j, for T tokens.
+   q, k, v, c step `ld` floats from token to token; kt is a D x T16 scratch (T16: T rounded
+   up to 16), p a T16 one. Sums are split over independent registers (FMA latency). */
+KC_CLONES static void attend_head(const float *q, const float *k, const float *v, const float *m, int64_t m_step,
+                                  int64_t t, int64_t d, int64_t ld, float scale, float *kt, float *p, float *c) {
+    int64_t tp = (t + 15) / 16 * 16;
+    for (int64_t e = 0; e < d; e++) {
+        float *row = kt + e * tp;
+        for (int64_t j = 0; j < t; j++) row[j] = k[j * ld + e];
+        for (int64_t j = t; j < tp; j++) row[j] = 0.0f;
+    }
+    for (int64_t i = 0; i < t; i++) {
+        const float *qi = q + i * ld;
+        const float *mi = m + i * m_step;
+        for (int64_t jb = 0; jb < tp; jb += 16) {
+            kc_v16 a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};
+            int64_t e = 0;
+            for (; e + 4 <= d; e += 4) {
+                a0 += qi[e] * KC_LOAD(kt + e * tp + jb);
+                a1 += qi[e + 1] * KC_LOAD(kt + (e + 1) * tp + jb);
+                a2 += qi[e + 2] * KC_LOAD(kt + (e + 2) * tp + jb);
+                a3 += qi[e + 3] * KC_LOAD(kt + (e + 3) * tp + jb);
+            }
+            for (; e < d; e++) a0 += qi[e] * KC_LOAD(kt + e * tp + jb);
+            KC_STORE(p + jb, ((a0 + a1) + (a2 + a3)) * scale);
+        }
+        for (int64_t j = 0; j < t; j++) p[j] += mi[j];
+        for (int64_t j = t; j < tp; j++) p[j] = -3.402823466e38f;
+        float mx = -3.402823466e38f;
+        for (int64_t jb = 0; jb < tp; jb += 16) {
+#pragma omp simd reduction(max : mx)
+            for (int jj = 0; jj < 16; jj++) mx = KC_MAX(mx, p[jb + jj]);
+        }
+        float sum = 0.0f;
+        for (int64_t jb = 0; jb < tp; jb += 16) {
+#pragma omp simd reduction(+ : sum)
+            for (int jj = 0; jj < 16; jj++) {
+                float x = exp_neg(p[jb + jj] - mx);
+                p[jb + jj] = x;
+                sum += x;
+            }
+        }
+        float inv = 1.0f / sum;
+        float *ci = c + i * ld;
+        int64_t e0 = 0;
+        for (; e0 + 16 <= d; e0 += 16) {
+            kc_v16 a0 = {0}, a1 = {0};
+            int64_t j = 0;
+            for (; j + 2 <= t; j += 2) {
+                a0 += p[j] * KC_LOAD(v + j * ld + e0);
+                a1 += p[j + 1] * KC_LOAD(v + (j + 1) * ld + e0);
+            }
+            if (j < t) a0 += p[j] * KC_LOAD(v + j * ld + e0);
+            KC_STORE(ci + e0, (a0 + a1) * inv);
+        }
+        if (e0 < d) { /* head dims not a multiple of 16; lanes run over e, so T never changes the sums */
+            for (int64_t e = e0; e < d; e++) ci[e] = 0.0f;
+            for (int64_t j = 0; j < t; j++) {
+                float w = p[j];
+                const float *vj = v + j * ld;
+                for (int64_t e = e0; e < d; e++) ci[e] += w * vj[e];
+            }
+            for (int64_t e = e0; e < d; e++) ci[e] *= inv;
+        }
+    }
+}
+
+/* ---- kernels --------------------------------------------------------------------------- */
+
+enum { K_ROWQUANT, K_SCALEBIAS, K_GELUQUANT, K_ADDLN, K_ADDLNQUANT, K_ATTN, K_ATTNQUANT };
+
+typedef struct {
+    int kind;
+    float epsilon;
+    int64_t heads;
+} Kernel;
+
+typedef struct {
+    const float *data;
+    int64_t dims[8];
+    size_t rank;
+    int64_t numel;
+} In;
+
+static OrtStatus *fail(const char *msg) { return API(CreateStatus)(ORT_INVALID_ARGUMENT, msg); }
+
+static OrtStatus *get_input(OrtKernelContext *ctx, size_t i, In *in) {
+    const OrtValue *v = NULL;
+    OrtTensorTypeAndShapeInfo *info = NULL;
+    OrtStatus *st = API(KernelContext_GetInput)(ctx, i, &v);
+    if (st) return st;
+    if ((st = API(GetTensorTypeAndShape)(v, &info))) return st;
+    st = API(GetDimensionsCount)(info, &in->rank);
+    if (!st && (in->rank < 1 || in->rank > 8)) st = fail("knnclass fused op: input rank must be 1..8");
+    if (!st) st = API(GetDimensions)(info, in->dims, in->rank);
+    API(ReleaseTensorTypeAndShapeInfo)(info);
+    if (st) return st;
+    in->numel = 1;
+    for (size_t d = 0; d < in->rank; d++) in->numel *= in->dims[d];
+    void *p = NULL;
+    if ((st = API(GetTensorMutableData)((OrtValue *)v, &p))) return st;
+    in->data = (const float *)p;
+    return NULL;
+}
+
+static OrtStatus *get_output(OrtKernelContext *ctx, size_t i, const int64_t *dims, size_t rank, void **out) {
+    OrtValue *v = NULL;
+    OrtStatus *st = API(KernelContext_GetOutput)(ctx, i, dims, rank, &v);
+    if (st) return st;
+    return API(GetTensorMutableData)(v, out);
+}
+
+static OrtStatus *attention(const Kernel *k, OrtKernelContext *ctx, const In *q) {
+    OrtStatus *st;
+    In kk, v, m;
+    if ((st = get_input(ctx, 1, &kk)) || (st = get_input(ctx, 2, &v)) || (st = get_input(ctx, 3, &m))) return st;
+    if (q->rank != 3 || kk.numel != q->numel || v.numel != q->numel)
+        return fail("knnclass Attention: Q, K and V must be [batch, tokens, heads*head_dim] of one shape");
+    int64_t b = q->dims[0], t = q->dims[1], hd = q->dims[2], h = k->heads;
+    if (h <= 0 || hd % h) return fail("knnclass Attention: hidden size is not a multiple of num_heads");
+    int64_t d = hd / h, m_step;
+    if (m.numel == b * t)
+        m_step = 0; /* one bias row per text, shared by its queries */
+    else if (m.numel == b * t * t)
+        m_step = t;
+    else
+        return fail("knnclass Attention: the mask bias must be [batch, 1, 1 or tokens, tokens]");
+    int64_t sdims[3] = {b, t, 1};
+    void *out, *qo = NULL, *so = NULL;
+    float *c;
+    int64_t tp = (t + 15) / 16 * 16; /* attend_head's padded key count */
+    size_t scratch = (size_t)(d * tp + tp) + (k->kind == K_ATTNQUANT ? (size_t)(t * hd) : 0);
+    float *buf = (float *)malloc((scratch ? scratch : 1) * sizeof(float));
+    if (!buf) return fail("knnclass Attention: out of memory");
+    if (k->kind == K_ATTN) {
+        st = get_output(ctx, 0, q->dims, 3, &out);
+    } else {
+        st = get_output(ctx, 0, q->dims, 3, &qo);
+        if (!st) st = get_output(ctx, 1, sdims, 3, &so);
+    }
+    if (st) {
+        free(buf);
+        return st;
+    }
+    float scale = 1.0f / sqrtf((float)d);
+    for (int64_t bi = 0; bi < b; bi++) {
+        int64_t off = bi * t * hd;
+        c = k->kind == K_ATTN ? (float *)out + off : buf + d * tp + tp;
+        for (int64_t hi = 0; hi < h; hi++)
+            attend_head(q->data + off + hi * d, kk.data + off + hi * d, v.data + off + hi * d,
+                        m.data + bi * (m_step ? t * t : t), m_step, t, d, hd, scale, buf, buf + d * tp, c + hi * d);
+        if (k->kind == K_ATTNQUANT)
+            for (int64_t i = 0; i < t; i++)
+                quant_row(c + i * hd, hd, (uint8_t *)qo + off + i * hd, (float *)so + bi * t + i);
+    }
+    free(buf);
+    return NULL;
+}
+
+static OrtStatus *compute(void *kernel, OrtKernelContext *ctx) {
+    const Kernel *k = (const Kernel *)kernel;
+    OrtStatus *st;
+    In x;
+    if ((st = get_input(ctx, 0, &x))) return st;
+    int64_t n = x.dims[x.rank - 1];
+    int64_t rows = n > 0 ? x.numel / n : 0;
+    int64_t sdims[8];
+    memcpy(sdims, x.dims, sizeof sdims);
+    sdims[x.rank - 1] = 1; /* row scales: [..., 1] */
+
+    if (k->kind == K_ATTN || k->kind == K_ATTNQUANT) return attention(k, ctx, &x);
+    if (k->kind == K_ROWQUANT) {
+        void *q, *s;
+        if ((st = get_output(ctx, 0, x.dims, x.rank, &q)) || (st = get_output(ctx, 1, sdims, x.rank, &s))) return st;
+        for (int64_t i = 0; i < rows; i++) quant_row(x.data + i * n, n, (uint8_t *)q + i * n, (float *)s + i);
+        return NULL;
+    }
+
+    In s, b;
+    if ((st = get_input(ctx, 1, &s)) || (st = get_input(ctx, 2, &b))) return st;
+    if (s.numel != rows) return fail("knnclass fused op: one row scale per row expected");
+    if (b.numel != n) return fail("knnclass fused op: bias length must equal the last dimension");
+
+    if (k->kind == K_SCALEBIAS) {
+        void *z;
+        if ((st = get_output(ctx, 0, x.dims, x.rank, &z))) return st;
+        for (int64_t i = 0; i < rows; i++) scale_bias_row(x.data + i * n, s.data[i], b.data, n, (float *)z + i * n);
+        return NULL;
+    }
+    if (k->kind == K_GELUQUANT) {
+        void *q, *s2;
+        if ((st = get_output(ctx, 0, x.dims, x.rank, &q)) || (st = get_output(ctx, 1, sdims, x.rank, &s2))) return st;
+        float *tmp = (float *)malloc((size_t)(n > 0 ? n : 1) * sizeof(float));
+        if (!tmp) return fail("knnclass fused op: out of memory");
+        for (int64_t i = 0; i < rows; i++) {
+            scale_bias_gelu_row(x.data + i * n, s.data[i], b.data, n, tmp);
+            quant_row(tmp, n, (uint8_t *)q + i * n, (float *)s2 + i);
+        }
+        free(tmp);
+        return NULL;
+    }
+    /* K_ADDLN, K_ADDLNQUANT */
+    In r, g, be;
+    if ((st = get_input(ctx, 3, &r)) || (st = get_input(ctx, 4, &g)) || (st = get_input(ctx, 5, &be))) return st;
+    if (r.numel != x.numel) return fail("knnclass fused op: residual shape must equal the input's");
+    if (g.numel != n || be.numel != n) return fail("knnclass fused op: layer-norm weights must match the last dimension");
+    void *z, *q = NULL, *s2 = NULL;
+    if ((st = get_output(ctx, 0, x.dims, x.rank, &z))) return st;
+    if (k->kind == K_ADDLNQUANT &&
+        ((st = get_output(ctx, 1, x.dims, x.rank, &q)) || (st = get_output(ctx, 2, sdims, x.rank, &s2))))
+        return st;
+    for (int64_t i = 0; i < rows; i++) {
+        float *zr = (float *)z + i * n;
+        scale_bias_add_ln_row(x.data + i * n, s.data[i], b.data, r.data + i * n, g.data, be.data, k->epsilon, n, zr);
+        if (q) quant_row(zr, n, (uint8_t *)q + i * n, (float *)s2 + i);
+    }
+    return NULL;
+}
+
+/* ---- op descriptions --------------------------------------------------------------- */
+
+static OrtStatus *create_kernel(const KcOp *op, OrtApiTable api, const OrtKernelInfo *info, void **out) {
+    (void)api;
+    Kernel *k = (Kernel *)calloc(1, sizeof(Kernel));
+    if (!k) return fail("knnclass fused op: out of memory");
+    k->kind = op->kind;
+    k->epsilon = 1e-5f;
+    if (op->kind == K_ATTN || op->kind == K_ATTNQUANT) {
+        OrtStatus *st = API(KernelInfoGetAttribute_int64)(info, "num_heads", &k->heads);
+        if (st) {
+            free(k);
+            return st;
+        }
+    }
+    if (op->kind == K_ADDLN || op->kind == K_ADDLNQUANT) {
+        OrtStatus *st = API(KernelInfoGetAttribute_float)(info, "epsilon", &k->epsilon);
+        if (st) {
+            free(k);
+            return st;
+        }
+    }
+    *out = k;
+    return NULL;
+}
+
+static void *create_kernel_v1(const KcOp *op, OrtApiTable api, const OrtKernelInfo *info) {
+    void *k = NULL;
+    OrtStatus *st = create_kernel(op, api, info, &k);
+    (void)st; /* only reached by onnxruntime builds without V2 support */
+    return k;
+}
+
+static void compute_v1(void *kernel, OrtKernelContext *ctx) { (void)compute(kernel, ctx); }
+static void destroy_kernel(void *kernel) { free(kernel); }
+static const char *op_name(const KcOp *op) { return op->name; }
+static const char *op_ep(const KcOp *op) {
+    (void)op;
+    return "CPUExecutionProvider";
+}
+static int in_type(const KcOp *op, size_t i) { return op->in_types[i]; }
+static size_t in_count(const KcOp *op) { return (size_t)op->n_in; }
+static int out_type(const KcOp *op, size_t i) { return op->out_types[i]; }
+static size_t out_count(const KcOp *op) { return (size_t)op->n_out; }
+static int required(const KcOp *op, size_t i) {
+    (void)op, (void)i;
+    return 0; /* INPUT_OUTPUT_REQUIRED */
+}
+static int mem_default(const KcOp *op, size_t i) {
+    (void)op, (void)i;
+    return 0; /* OrtMemTypeDefault */
+}
+static int one(const KcOp *op) {
+    (void)op;
+    return 1;
+}
+
+static const int kF1[] = {T_FLOAT};
+static const int kF3[] = {T_FLOAT, T_FLOAT, T_FLOAT};
+static const int kF4[] = {T_FLOAT, T_FLOAT, T_FLOAT, T_FLOAT};
+static const int kF6[] = {T_FLOAT, T_FLOAT, T_FLOAT, T_FLOAT, T_FLOAT, T_FLOAT};
+static const int kQS[] = {T_UINT8, T_FLOAT};
+static const int kFQS[] = {T_FLOAT, T_UINT8, T_FLOAT};
+
+#define KC_OP(NAME, KIND, IN, OUT)                                                                                  \
+    {KC_API_VERSION, create_kernel_v1, op_name, op_ep, in_type, in_count, out_type, out_count, compute_v1,         \
+     destroy_kernel, required, required, mem_default, one, one, one, one, create_kernel, compute, NAME, KIND,        \
+     (int)(sizeof IN / sizeof IN[0]), IN, (int)(sizeof OUT / sizeof OUT[0]), OUT}
+
+static KcOp g_ops[] = {
+    KC_OP("RowQuant", K_ROWQUANT, kF1, kQS),
+    KC_OP("ScaleBias", K_SCALEBIAS, kF3, kF1),
+    KC_OP("ScaleBiasGeluQuant", K_GELUQUANT, kF3, kQS),
+    KC_OP("ScaleBiasAddLayerNorm", K_ADDLN, kF6, kF1),
+    KC_OP("ScaleBiasAddLayerNormQuant", K_ADDLNQUANT, kF6, kFQS),
+    KC_OP("Attention", K_ATTN, kF4, kF1),
+    KC_OP("AttentionQuant", K_ATTNQUANT, kF4, kQS),
+};
+
+KC_EXPORT OrtStatus *RegisterCustomOps(OrtSessionOptions *options, const OrtApiBase *base) {
+    OrtApiTable api = base->GetApi(KC_API_VERSION);
+    if (!api) return NULL; /* cannot even build a status: onnxruntime older than 1.16 */
+    g_api = api;
+    /* One domain per call: onnxruntime needs it alive as long as the sessions that use it. */
+    OrtCustomOpDomain *domain = NULL;
+    OrtStatus *st = API(CreateCustomOpDomain)("ai.knnclass", &domain);
+    if (st) return st;
+    for (size_t i = 0; i < sizeof g_ops / sizeof g_ops[0]; i++)
+        if ((st = API(CustomOpDomain_Add)(domain, &g_ops[i]))) return st;
+    return API(AddCustomOpDomain)(options, domain);
+}

@@ -8,11 +8,13 @@
  *   ScaleBiasGeluQuant(Y, S, B)          -> Q, S2  RowQuant(gelu(Y*S + B)), exact (erf) GELU
  *   ScaleBiasAddLayerNorm(Y,S,B,R,G,Be)  -> Z      Z = LayerNorm(Y*S + B + R)
  *   ScaleBiasAddLayerNormQuant(...)      -> Z, Q, S2
- *   Attention(Qm, Km, Vm, M)             -> C      softmax(Qh Kh^T / sqrt(D) + M) Vh per head
- *   AttentionQuant(Qm, Km, Vm, M)        -> Q, S2  RowQuant(C)
+ *   Attention(Yq, Yk, Yv, S, Bq, Bk, Bv, M) -> C    softmax(Qh Kh^T / sqrt(D) + M) Vh per head,
+ *                                                   Q = Yq*S + Bq (K, V alike)
+ *   AttentionQuant(same inputs)          -> Q, S2  RowQuant(C)
  *
- * Qm, Km, Vm are [B, T, H*D] (heads side by side, as the projections give them), M the
- * additive mask bias, [B, 1, 1|T, T]; C is [B, T, H*D], i.e. the heads already merged.
+ * Yq, Yk, Yv are [B, T, H*D] (heads side by side, as the projections give them), S their
+ * shared row scales, M the additive mask bias, [B, 1, 1|T, T]; C is [B, T, H*D], i.e.
+ * the heads already merged.
  * Y is the int8 GEMM's output already scaled per column, S the activation row scales.
  * onnxruntime loads this library through SessionOptions.register_custom_ops_library and
  * calls RegisterCustomOps. Only the few C API entries used here are declared below, by
@@ -29,6 +31,9 @@
 #else
 #define KC_CLONES
 #endif
+
+/* helpers are inlined into each clone, so they get its instruction set */
+#define KC_INLINE static inline __attribute__((always_inline))
 
 #if defined(_WIN32)
 #define KC_EXPORT __declspec(dllexport)
@@ -207,76 +212,157 @@ KC_CLONES static void scale_bias_add_ln_row(const float *y, float s, const float
     for (int64_t j = 0; j < n; j++) z[j] = (z[j] - mean) * inv * g[j] + be[j];
 }
 
-/* GCC/clang vector extension: 16 floats (one AVX-512 register, two AVX2 ones). */
+/* GCC/clang vector extensions: 16 floats (one AVX-512 register, two AVX2 ones, ...). */
 typedef float kc_v16 __attribute__((vector_size(64)));
-typedef float kc_v16u __attribute__((vector_size(64), aligned(4))); /* unaligned access */
+typedef int32_t kc_v16i __attribute__((vector_size(64)));
+typedef float kc_v16u __attribute__((vector_size(64), aligned(4)));
 #define KC_LOAD(p) (*(const kc_v16u *)(p))
 #define KC_STORE(p, x) (*(kc_v16u *)(p) = (x))
+#define KC_SPLAT(x) ((kc_v16){0} + (x))
+KC_INLINE kc_v16 kc_sel(kc_v16i m, kc_v16 a, kc_v16 b) { return (kc_v16)((m & (kc_v16i)a) | (~m & (kc_v16i)b)); }
+#if defined(__clang__)
+#define KC_SWAP(x, ...) __builtin_shufflevector((x), (x), __VA_ARGS__)
+#else
+#define KC_SWAP(x, ...) __builtin_shuffle((x), (kc_v16i){__VA_ARGS__})
+#endif
+/* lane reductions in a fixed order (log-step: halves, quarters, ...) */
+KC_INLINE float kc_hsum(kc_v16 x) {
+    x += KC_SWAP(x, 8, 9, 10, 11, 12, 13, 14, 15, 0, 1, 2, 3, 4, 5, 6, 7);
+    x += KC_SWAP(x, 4, 5, 6, 7, 0, 1, 2, 3, 12, 13, 14, 15, 8, 9, 10, 11);
+    x += KC_SWAP(x, 2, 3, 0, 1, 6, 7, 4, 5, 10, 11, 8, 9, 14, 15, 12, 13);
+    x += KC_SWAP(x, 1, 0, 3, 2, 5, 4, 7, 6, 9, 8, 11, 10, 13, 12, 15, 14);
+    return x[0];
+}
+KC_INLINE float kc_hmax(kc_v16 x) {
+    kc_v16 y = KC_SWAP(x, 8, 9, 10, 11, 12, 13, 14, 15, 0, 1, 2, 3, 4, 5, 6, 7);
+    x = kc_sel(y > x, y, x);
+    y = KC_SWAP(x, 4, 5, 6, 7, 0, 1, 2, 3, 12, 13, 14, 15, 8, 9, 10, 11);
+    x = kc_sel(y > x, y, x);
+    y = KC_SWAP(x, 2, 3, 0, 1, 6, 7, 4, 5, 10, 11, 8, 9, 14, 15, 12, 13);
+    x = kc_sel(y > x, y, x);
+    y = KC_SWAP(x, 1, 0, 3, 2, 5, 4, 7, 6, 9, 8, 11, 10, 13, 12, 15, 14);
+    x = kc_sel(y > x, y, x);
+    return x[0];
+}
 
-/* One head of one text: c[i] = softmax_j(q_i . k_j * scale + m[i][j]) v_j, for T tokens.
-   q, k, v, c step `ld` floats from token to token; kt is a D x T16 scratch (T16: T rounded
-   up to 16), p a T16 one. Sums are split over independent registers (FMA latency). */
-KC_CLONES static void attend_head(const float *q, const float *k, const float *v, const float *m, int64_t m_step,
-                                  int64_t t, int64_t d, int64_t ld, float scale, float *kt, float *p, float *c) {
+/* exp(x), x <= 0, 16 lanes: 2^n p(r); 0 below -80 (2^-126 p would be denormal, slow) */
+KC_INLINE kc_v16 kc_exp_neg(kc_v16 x) {
+    kc_v16i keep = x >= -80.0f;
+    x = kc_sel(keep, x, KC_SPLAT(-80.0f));
+    kc_v16 n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f; /* round to nearest */
+    kc_v16 r = x - n * 0.693359375f + n * 2.12194440e-4f;
+    kc_v16 p = r * 1.9875691500e-4f + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    p = p * r * r + r + 1.0f;
+    kc_v16i bits = (__builtin_convertvector(n, kc_v16i) + 127) << 23;
+    return (kc_v16)((kc_v16i)(p * (kc_v16)bits) & keep);
+}
+
+/* Rows i0 .. i0+R-1 of one head: scores against all keys, softmax, weighted values.
+   kt: D x tp keys (scaled, zero beyond t), vh: t x D values, qh: R x D queries,
+   m: mask bias rows (m_step apart), c: output rows `ld` apart. */
+#define KC_ATTEND_ROWS(R)                                                                                     \
+    KC_INLINE void attend_rows_##R(const float *qh, const float *kt, const float *vh, const float *m,    \
+                                       int64_t m_step, int64_t t, int64_t tp, int64_t d, float *p, float *c, \
+                                       int64_t ld) {                                                         \
+        for (int64_t jb = 0; jb < tp; jb += 16) {                                                           \
+            kc_v16 a[R][2];                                                                                   \
+            for (int r = 0; r < R; r++) a[r][0] = a[r][1] = KC_SPLAT(0.0f);                                  \
+            int64_t e = 0;                                                                                    \
+            for (; e + 2 <= d; e += 2) {                                                                      \
+                kc_v16 k0 = KC_LOAD(kt + e * tp + jb), k1 = KC_LOAD(kt + (e + 1) * tp + jb);                \
+                for (int r = 0; r < R; r++) {                                                                 \
+                    a[r][0] += qh[r * d + e] * k0;                                                            \
+                    a[r][1] += qh[r * d + e + 1] * k1;                                                        \
+                }                                                                                             \
+            }                                                                                                 \
+            if (e < d) {                                                                                      \
+                kc_v16 k0 = KC_LOAD(kt + e * tp + jb);                                                        \
+                for (int r = 0; r < R; r++) a[r][0] += qh[r * d + e] * k0;                                    \
+            }                                                                                                 \
+            for (int r = 0; r < R; r++) KC_STORE(p + r * tp + jb, a[r][0] + a[r][1]);                       \
+        }                                                                                                     \
+        float inv[R];                                                                                         \
+        for (int r = 0; r < R; r++) {                                                                         \
+            float *pr = p + r * tp;                                                                           \
+            const float *mr = m + r * m_step;                                                                 \
+            int64_t j = 0;                                                                                    \
+            for (; j + 16 <= t; j += 16) KC_STORE(pr + j, KC_LOAD(pr + j) + KC_LOAD(mr + j));                 \
+            for (; j < t; j++) pr[j] += mr[j];                                                                \
+            for (; j < tp; j++) pr[j] = -3.402823466e38f;                                                     \
+            kc_v16 mx = KC_LOAD(pr);                                                                          \
+            for (int64_t jb = 16; jb < tp; jb += 16) {                                                       \
+                kc_v16 x = KC_LOAD(pr + jb);                                                                  \
+                mx = kc_sel(x > mx, x, mx);                                                                   \
+            }                                                                                                 \
+            float top = kc_hmax(mx);                                                                          \
+            kc_v16 sum = KC_SPLAT(0.0f);                                                                      \
+            for (int64_t jb = 0; jb < tp; jb += 16) {                                                        \
+                kc_v16 x = kc_exp_neg(KC_LOAD(pr + jb) - top);                                                \
+                KC_STORE(pr + jb, x);                                                                         \
+                sum += x;                                                                                     \
+            }                                                                                                 \
+            inv[r] = 1.0f / kc_hsum(sum);                                                                     \
+        }                                                                                                     \
+        int64_t e0 = 0;                                                                                       \
+        for (; e0 + 16 <= d; e0 += 16) {                                                                      \
+            kc_v16 a[R][2];                                                                                   \
+            for (int r = 0; r < R; r++) a[r][0] = a[r][1] = KC_SPLAT(0.0f);                                  \
+            int64_t j = 0;                                                                                    \
+            for (; j + 2 <= t; j += 2) {                                                                      \
+                kc_v16 v0 = KC_LOAD(vh + j * d + e0), v1 = KC_LOAD(vh + (j + 1) * d + e0);                  \
+                for (int r = 0; r < R; r++) {                                                                 \
+                    a[r][0] += p[r * tp + j] * v0;                                                            \
+                    a[r][1] += p[r * tp + j + 1] * v1;                                                        \
+                }                                                                                             \
+            }                                                                                                 \
+            if (j < t) {                                                                                      \
+                kc_v16 v0 = KC_LOAD(vh + j * d + e0);                                                         \
+                for (int r = 0; r < R; r++) a[r][0] += p[r * tp + j] * v0;                                    \
+            }                                                                                                 \
+            for (int r = 0; r < R; r++) KC_STORE(c + r * ld + e0, (a[r][0] + a[r][1]) * inv[r]);                       \
+        }                                                                                                     \
+        for (int r = 0; r < R && e0 < d; r++) { /* head dims not a multiple of 16: lanes over e, */        \
+            float *cr = c + r * ld;                       /* so the padded width never changes a sum */      \
+            for (int64_t e = e0; e < d; e++) cr[e] = 0.0f;                                                    \
+            for (int64_t j = 0; j < t; j++) {                                                                 \
+                float w = p[r * tp + j];                                                                      \
+                for (int64_t e = e0; e < d; e++) cr[e] += w * vh[j * d + e];                                  \
+            }                                                                                                 \
+            for (int64_t e = e0; e < d; e++) cr[e] *= inv[r];                                                 \
+        }                                                                                                     \
+    }
+KC_ATTEND_ROWS(4)
+KC_ATTEND_ROWS(1)
+
+/* One head of one text. Q, K, V come as the projections' int8 GEMM outputs Y (one token
+   every `ld` floats) with their row scales s and biases: q = Yq s + bq, and so on; the
+   1/sqrt(D) score scale is folded into K. scratch: D*T16 + T*D + 4*D + 4*T16 floats. */
+KC_CLONES static void attend_head(const float *yq, const float *yk, const float *yv, const float *s, const float *bq,
+                                  const float *bk, const float *bv, const float *m, int64_t m_step, int64_t t,
+                                  int64_t d, int64_t ld, float *scratch, float *c) {
     int64_t tp = (t + 15) / 16 * 16;
+    float scale = 1.0f / sqrtf((float)d);
+    float *kt = scratch, *vh = kt + d * tp, *qh = vh + t * d, *p = qh + 4 * d;
     for (int64_t e = 0; e < d; e++) {
         float *row = kt + e * tp;
-        for (int64_t j = 0; j < t; j++) row[j] = k[j * ld + e];
+        for (int64_t j = 0; j < t; j++) row[j] = (yk[j * ld + e] * s[j] + bk[e]) * scale;
         for (int64_t j = t; j < tp; j++) row[j] = 0.0f;
     }
-    for (int64_t i = 0; i < t; i++) {
-        const float *qi = q + i * ld;
-        const float *mi = m + i * m_step;
-        for (int64_t jb = 0; jb < tp; jb += 16) {
-            kc_v16 a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};
-            int64_t e = 0;
-            for (; e + 4 <= d; e += 4) {
-                a0 += qi[e] * KC_LOAD(kt + e * tp + jb);
-                a1 += qi[e + 1] * KC_LOAD(kt + (e + 1) * tp + jb);
-                a2 += qi[e + 2] * KC_LOAD(kt + (e + 2) * tp + jb);
-                a3 += qi[e + 3] * KC_LOAD(kt + (e + 3) * tp + jb);
-            }
-            for (; e < d; e++) a0 += qi[e] * KC_LOAD(kt + e * tp + jb);
-            KC_STORE(p + jb, ((a0 + a1) + (a2 + a3)) * scale);
-        }
-        for (int64_t j = 0; j < t; j++) p[j] += mi[j];
-        for (int64_t j = t; j < tp; j++) p[j] = -3.402823466e38f;
-        float mx = -3.402823466e38f;
-        for (int64_t jb = 0; jb < tp; jb += 16) {
-#pragma omp simd reduction(max : mx)
-            for (int jj = 0; jj < 16; jj++) mx = KC_MAX(mx, p[jb + jj]);
-        }
-        float sum = 0.0f;
-        for (int64_t jb = 0; jb < tp; jb += 16) {
-#pragma omp simd reduction(+ : sum)
-            for (int jj = 0; jj < 16; jj++) {
-                float x = exp_neg(p[jb + jj] - mx);
-                p[jb + jj] = x;
-                sum += x;
-            }
-        }
-        float inv = 1.0f / sum;
-        float *ci = c + i * ld;
-        int64_t e0 = 0;
-        for (; e0 + 16 <= d; e0 += 16) {
-            kc_v16 a0 = {0}, a1 = {0};
-            int64_t j = 0;
-            for (; j + 2 <= t; j += 2) {
-                a0 += p[j] * KC_LOAD(v + j * ld + e0);
-                a1 += p[j + 1] * KC_LOAD(v + (j + 1) * ld + e0);
-            }
-            if (j < t) a0 += p[j] * KC_LOAD(v + j * ld + e0);
-            KC_STORE(ci + e0, (a0 + a1) * inv);
-        }
-        if (e0 < d) { /* head dims not a multiple of 16; lanes run over e, so T never changes the sums */
-            for (int64_t e = e0; e < d; e++) ci[e] = 0.0f;
-            for (int64_t j = 0; j < t; j++) {
-                float w = p[j];
-                const float *vj = v + j * ld;
-                for (int64_t e = e0; e < d; e++) ci[e] += w * vj[e];
-            }
-            for (int64_t e = e0; e < d; e++) ci[e] *= inv;
-        }
+    for (int64_t j = 0; j < t; j++)
+        for (int64_t e = 0; e < d; e++) vh[j * d + e] = yv[j * ld + e] * s[j] + bv[e];
+    int64_t i = 0;
+    for (; i + 4 <= t; i += 4) {
+        for (int r = 0; r < 4; r++)
+            for (int64_t e = 0; e < d; e++) qh[r * d + e] = yq[(i + r) * ld + e] * s[i + r] + bq[e];
+        attend_rows_4(qh, kt, vh, m + i * m_step, m_step, t, tp, d, p, c + i * ld, ld);
+    }
+    for (; i < t; i++) {
+        for (int64_t e = 0; e < d; e++) qh[e] = yq[i * ld + e] * s[i] + bq[e];
+        attend_rows_1(qh, kt, vh, m + i * m_step, m_step, t, tp, d, p, c + i * ld, ld);
     }
 }
 
@@ -325,14 +411,20 @@ static OrtStatus *get_output(OrtKernelContext *ctx, size_t i, const int64_t *dim
     return API(GetTensorMutableData)(v, out);
 }
 
-static OrtStatus *attention(const Kernel *k, OrtKernelContext *ctx, const In *q) {
+static OrtStatus *attention(const Kernel *k, OrtKernelContext *ctx, const In *yq) {
     OrtStatus *st;
-    In kk, v, m;
-    if ((st = get_input(ctx, 1, &kk)) || (st = get_input(ctx, 2, &v)) || (st = get_input(ctx, 3, &m))) return st;
-    if (q->rank != 3 || kk.numel != q->numel || v.numel != q->numel)
+    In yk, yv, sc, bq, bk, bv, m;
+    if ((st = get_input(ctx, 1, &yk)) || (st = get_input(ctx, 2, &yv)) || (st = get_input(ctx, 3, &sc)) ||
+        (st = get_input(ctx, 4, &bq)) || (st = get_input(ctx, 5, &bk)) || (st = get_input(ctx, 6, &bv)) ||
+        (st = get_input(ctx, 7, &m)))
+        return st;
+    if (yq->rank != 3 || yk.numel != yq->numel || yv.numel != yq->numel)
         return fail("knnclass Attention: Q, K and V must be [batch, tokens, heads*head_dim] of one shape");
-    int64_t b = q->dims[0], t = q->dims[1], hd = q->dims[2], h = k->heads;
+    int64_t b = yq->dims[0], t = yq->dims[1], hd = yq->dims[2], h = k->heads;
     if (h <= 0 || hd % h) return fail("knnclass Attention: hidden size is not a multiple of num_heads");
+    if (sc.numel != b * t) return fail("knnclass Attention: one row scale per token expected");
+    if (bq.numel != hd || bk.numel != hd || bv.numel != hd)
+        return fail("knnclass Attention: Q, K and V biases must match the hidden size");
     int64_t d = hd / h, m_step;
     if (m.numel == b * t)
         m_step = 0; /* one bias row per text, shared by its queries */
@@ -341,29 +433,29 @@ static OrtStatus *attention(const Kernel *k, OrtKernelContext *ctx, const In *q)
     else
         return fail("knnclass Attention: the mask bias must be [batch, 1, 1 or tokens, tokens]");
     int64_t sdims[3] = {b, t, 1};
-    void *out, *qo = NULL, *so = NULL;
-    float *c;
+    void *out = NULL, *qo = NULL, *so = NULL;
     int64_t tp = (t + 15) / 16 * 16; /* attend_head's padded key count */
-    size_t scratch = (size_t)(d * tp + tp) + (k->kind == K_ATTNQUANT ? (size_t)(t * hd) : 0);
+    size_t head = (size_t)(d * tp + t * d + 4 * d + 4 * tp);
+    size_t scratch = head + (k->kind == K_ATTNQUANT ? (size_t)(t * hd) : 0);
     float *buf = (float *)malloc((scratch ? scratch : 1) * sizeof(float));
     if (!buf) return fail("knnclass Attention: out of memory");
     if (k->kind == K_ATTN) {
-        st = get_output(ctx, 0, q->dims, 3, &out);
+        st = get_output(ctx, 0, yq->dims, 3, &out);
     } else {
-        st = get_output(ctx, 0, q->dims, 3, &qo);
+        st = get_output(ctx, 0, yq->dims, 3, &qo);
         if (!st) st = get_output(ctx, 1, sdims, 3, &so);
     }
     if (st) {
         free(buf);
         return st;
     }
-    float scale = 1.0f / sqrtf((float)d);
     for (int64_t bi = 0; bi < b; bi++) {
         int64_t off = bi * t * hd;
-        c = k->kind == K_ATTN ? (float *)out + off : buf + d * tp + tp;
+        float *c = k->kind == K_ATTN ? (float *)out + off : buf + head;
         for (int64_t hi = 0; hi < h; hi++)
-            attend_head(q->data + off + hi * d, kk.data + off + hi * d, v.data + off + hi * d,
-                        m.data + bi * (m_step ? t * t : t), m_step, t, d, hd, scale, buf, buf + d * tp, c + hi * d);
+            attend_head(yq->data + off + hi * d, yk.data + off + hi * d, yv.data + off + hi * d, sc.data + bi * t,
+                        bq.data + hi * d, bk.data + hi * d, bv.data + hi * d, m.data + bi * (m_step ? t * t : t),
+                        m_step, t, d, hd, buf, c + hi * d);
         if (k->kind == K_ATTNQUANT)
             for (int64_t i = 0; i < t; i++)
                 quant_row(c + i * hd, hd, (uint8_t *)qo + off + i * hd, (float *)so + bi * t + i);
@@ -491,7 +583,7 @@ static int one(const KcOp *op) {
 
 static const int kF1[] = {T_FLOAT};
 static const int kF3[] = {T_FLOAT, T_FLOAT, T_FLOAT};
-static const int kF4[] = {T_FLOAT, T_FLOAT, T_FLOAT, T_FLOAT};
+static const int kF8[] = {T_FLOAT, T_FLOAT, T_FLOAT, T_FLOAT, T_FLOAT, T_FLOAT, T_FLOAT, T_FLOAT};
 static const int kF6[] = {T_FLOAT, T_FLOAT, T_FLOAT, T_FLOAT, T_FLOAT, T_FLOAT};
 static const int kQS[] = {T_UINT8, T_FLOAT};
 static const int kFQS[] = {T_FLOAT, T_UINT8, T_FLOAT};
@@ -507,8 +599,8 @@ static KcOp g_ops[] = {
     KC_OP("ScaleBiasGeluQuant", K_GELUQUANT, kF3, kQS),
     KC_OP("ScaleBiasAddLayerNorm", K_ADDLN, kF6, kF1),
     KC_OP("ScaleBiasAddLayerNormQuant", K_ADDLNQUANT, kF6, kFQS),
-    KC_OP("Attention", K_ATTN, kF4, kF1),
-    KC_OP("AttentionQuant", K_ATTNQUANT, kF4, kQS),
+    KC_OP("Attention", K_ATTN, kF8, kF1),
+    KC_OP("AttentionQuant", K_ATTNQUANT, kF8, kQS),
 };
 
 KC_EXPORT OrtStatus *RegisterCustomOps(OrtSessionOptions *options, const OrtApiBase *base) {

@@ -275,10 +275,11 @@ class _Graph:
 def fuse_attention(nodes: list[onnx.NodeProto], inits: dict[str, onnx.TensorProto]) -> list[onnx.NodeProto]:
     """Replace each self-attention block as Hugging Face BERT exports it with one Attention op.
 
-    Matched: Q, K, V [B, T, H*D] -> Reshape [B, T, H, D] -> Transpose (K to [B, H, D, T]),
-    Q and K each times sqrt(1/sqrt(D)) (computed from the shape), MatMul, Add mask bias,
-    Softmax, MatMul V, Transpose, Reshape back to [B, T, H*D]; when that result only
-    feeds a RowQuant, the op quantises it too (AttentionQuant). Other graphs are kept.
+    Matched: Q, K, V [B, T, H*D], each a ScaleBias of an int8 GEMM with the same row
+    scales -> Reshape [B, T, H, D] -> Transpose (K to [B, H, D, T]), Q and K each times
+    sqrt(1/sqrt(D)) (computed from the shape), MatMul, Add mask bias, Softmax, MatMul V,
+    Transpose, Reshape back to [B, T, H*D]; when that result only feeds a RowQuant, the op
+    quantises it too (AttentionQuant). Other graphs are kept.
     """
     from onnx import helper
 
@@ -339,7 +340,11 @@ def fuse_attention(nodes: list[onnx.NodeProto], inits: dict[str, onnx.TensorProt
             continue
         if g.perm(back) != [0, 2, 1, 3] or not q[1] == k[1] == v[1]:
             continue
-        inputs = [q[0], k[0], v[0], mask]
+        # Q, K and V straight from their GEMMs: their ScaleBias is done inside the op
+        sb = [n for n in (g.made_by(x[0], "ScaleBias") for x in (q, k, v)) if n is not None]
+        if len(sb) != 3 or len({n.input[1] for n in sb}) != 1:
+            continue
+        inputs = [*(n.input[0] for n in sb), sb[0].input[1], *(n.input[2] for n in sb), mask]
         rq = g.only_user(merge.output[0], "RowQuant")
         if rq is not None:
             replace[id(rq)] = helper.make_node(

@@ -131,36 +131,46 @@ def _attention_ref(q: np.ndarray, k: np.ndarray, v: np.ndarray, m: np.ndarray, h
 
 @pytest.mark.parametrize(("t", "head_dim", "per_query"), [(5, 32, True), (17, 32, False), (33, 24, True)])
 def test_attention(lib: Path, t: int, head_dim: int, per_query: bool) -> None:
-    heads, b = 3, 2
-    q, k, v = (RNG.normal(size=(b, t, heads * head_dim)).astype(np.float32) for _ in range(3))
+    heads, b, hd = 3, 2, 3 * head_dim
+    y = {n: RNG.normal(size=(b, t, hd)).astype(np.float32) for n in ("yq", "yk", "yv")}
+    s = RNG.uniform(0.5, 2, size=(b, t, 1)).astype(np.float32)
+    bias = {n: RNG.normal(size=hd).astype(np.float32) for n in ("bq", "bk", "bv")}
     lengths = [t, max(1, t - 3)]
     keep = np.arange(t)[None, :] < np.array(lengths)[:, None]
     m = np.where(keep, 0, np.finfo(np.float32).min).astype(np.float32)[:, None, None, :]
     if per_query:
         m = np.broadcast_to(m, (b, 1, t, t)).copy()
+    q, k, v = (y[f"y{x}"] * s + bias[f"b{x}"] for x in "qkv")
     ref = _attention_ref(q, k, v, m, heads)
-    (got,) = _op(lib, "Attention", {"q": q, "k": k, "v": v, "m": m}, ["c"], num_heads=heads)
+    feed = {**y, "s": s, **bias, "m": m}
+    (got,) = _op(lib, "Attention", feed, ["c"], num_heads=heads)
     np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-5)
-    cq, cs = _op(lib, "AttentionQuant", {"q": q, "k": k, "v": v, "m": m}, ["cq", "cs"], num_heads=heads)
+    cq, cs = _op(lib, "AttentionQuant", feed, ["cq", "cs"], num_heads=heads)
     _check_quant(cq, cs, got)
-    # a padded text's real tokens get what they get alone
+    # a padded text's real tokens get exactly what they get alone
     n = lengths[1]
-    (alone,) = _op(
-        lib,
-        "Attention",
-        {"q": q[1:, :n], "k": k[1:, :n], "v": v[1:, :n], "m": m[1:, :, :n, :n] if per_query else m[1:, :, :, :n]},
-        ["c"],
-        num_heads=heads,
-    )
-    np.testing.assert_array_equal(alone[0], got[1, :n])
+    alone = {k: (x[1:, :n] if x.ndim == 3 else x) for k, x in feed.items() if k != "m"}
+    alone["m"] = m[1:, :, :n, :n] if per_query else m[1:, :, :, :n]
+    (one,) = _op(lib, "Attention", alone, ["c"], num_heads=heads)
+    np.testing.assert_array_equal(one[0], got[1, :n])
 
 
 def test_bad_shapes_are_errors_not_crashes(lib: Path) -> None:
     q = RNG.normal(size=(2, 4, 12)).astype(np.float32)
+    one, b = np.ones((2, 4, 1), np.float32), np.zeros(12, np.float32)
+
+    def attention(m: np.ndarray, heads: int, scales: np.ndarray = one, bias: np.ndarray = b) -> None:
+        feed = {"yq": q, "yk": q, "yv": q, "s": scales, "bq": bias, "bk": bias, "bv": bias, "m": m}
+        _op(lib, "Attention", feed, ["c"], num_heads=heads)
+
     with pytest.raises(Exception, match="mask bias"):
-        _op(lib, "Attention", {"q": q, "k": q, "v": q, "m": np.zeros((2, 3), np.float32)}, ["c"], num_heads=3)
+        attention(np.zeros((2, 3), np.float32), 3)
     with pytest.raises(Exception, match="multiple of num_heads"):
-        _op(lib, "Attention", {"q": q, "k": q, "v": q, "m": np.zeros((2, 4), np.float32)}, ["c"], num_heads=5)
+        attention(np.zeros((2, 4), np.float32), 5)
+    with pytest.raises(Exception, match="row scale per token"):
+        attention(np.zeros((2, 4), np.float32), 3, scales=np.ones((2, 1, 1), np.float32))
+    with pytest.raises(Exception, match="biases must match"):
+        attention(np.zeros((2, 4), np.float32), 3, bias=np.zeros(6, np.float32))
     with pytest.raises(Exception, match="bias length"):
         _op(lib, "ScaleBias", {"y": q, "s": np.ones((2, 4, 1), np.float32), "b": np.ones(5, np.float32)}, ["z"])
     with pytest.raises(Exception, match="row scale"):

@@ -46,19 +46,20 @@ class Prediction:
         return d
 
 
-def _encoder_parity(source: str) -> dict[str, Any] | None:
-    """Parity figures recorded at export, when the encoder dir is at hand."""
+def _encoder_export(source: str) -> tuple[dict[str, Any] | None, str | None]:
+    """Parity figures recorded at export and the graph a CPU encoder runs, when the dir is at hand."""
     from pathlib import Path
 
-    from .encoders.onnx import METADATA_FILE, read_metadata
+    from .encoders.onnx import METADATA_FILE, cpu_graph, read_metadata
     from .errors import EncoderError
 
     if not source or not (Path(source) / METADATA_FILE).exists():
-        return None
+        return None, None
     try:
-        return read_metadata(Path(source)).get("parity")
+        meta = read_metadata(Path(source))
     except EncoderError:
-        return None
+        return None, None
+    return meta.get("parity"), cpu_graph(meta)
 
 
 class Classifier:
@@ -291,6 +292,7 @@ class Classifier:
     def info(self) -> dict[str, Any]:
         ref = self.ref()
         meta = self.meta(ref)
+        parity, graph = _encoder_export(meta.encoder_source)
         return {
             "collection": ref.name,
             "version": ref.version,
@@ -300,7 +302,8 @@ class Classifier:
             "encoder": meta.encoder,
             "encoder_source": meta.encoder_source,
             "dim": meta.dim,
-            "encoder_parity": _encoder_parity(meta.encoder_source),
+            "encoder_parity": parity,
+            "encoder_graph": graph,
             "labels": self.store.label_counts(ref),
             "rule": meta.rule,
             "tuning": meta.tuning,

@@ -279,6 +279,8 @@ def info(as_json: bool, **so: Any) -> None:
     click.echo(f"collection {d['collection']} ({d['version']}; versions: {', '.join(d['versions'])}) on {d['backend']}")
     click.echo(f"count      {d['count']}")
     click.echo(f"encoder    {d['encoder']}  ({d['encoder_source']})")
+    if d.get("encoder_graph"):
+        click.echo(f"graph      {d['encoder_graph']} on CPU")
     if d.get("encoder_parity"):
         click.echo("parity     " + ", ".join(f"{k}={v}" for k, v in d["encoder_parity"].items()))
     rule = Rule.from_dict(d["rule"]).describe() if d["rule"] else "not tuned (run `knnclass tune`)"

@@ -58,7 +58,11 @@ def load_encoder(spec: str | Path | None = None, device: str | None = None, thre
     cuda = select_providers(device, ort.get_available_providers())[0] == "CUDAExecutionProvider"
     settings = ExportSettings(cuda=cuda)
     name = "all-MiniLM-L6-v2" if spec is None else src.resolve().name
-    how = hashlib.sha256(json.dumps(asdict(settings), sort_keys=True).encode()).hexdigest()[:8]
+    from ._rowwise import FUSED_OPS_VERSION
+
+    # a new version of the fused ops re-exports (an older fused graph would not run on them)
+    how_dict = {**asdict(settings), **({"fused_ops_version": FUSED_OPS_VERSION} if settings.fused else {})}
+    how = hashlib.sha256(json.dumps(how_dict, sort_keys=True).encode()).hexdigest()[:8]
     target = cache_dir() / "encoders" / f"{name}-{source_fingerprint(src)}-{settings.quantize}-{how}"
     if not (target / METADATA_FILE).exists():
         export_encoder(src, target, settings, name=name)

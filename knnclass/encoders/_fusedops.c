@@ -16,6 +16,8 @@
  * shared row scales, M the additive mask bias, [B, 1, 1|T, T]; C is [B, T, H*D], i.e.
  * the heads already merged.
  * Y is the int8 GEMM's output already scaled per column, S the activation row scales.
+ *
+ * KC_OPS_VERSION 2 (FUSED_OPS_VERSION in _rowwise.py: bump both with any change to an op).
  * onnxruntime loads this library through SessionOptions.register_custom_ops_library and
  * calls RegisterCustomOps. Only the few C API entries used here are declared below, by
  * their slot in onnxruntime's OrtApi function table (stable: the table only grows).

@@ -373,7 +373,9 @@ def _export_encoder(
         if settings.cuda:
             meta["cuda_model_file"] = CUDA_MODEL_FILE
         if fused:  # not part of the identity: the same arithmetic as model.onnx
-            meta["fused_model_file"] = FUSED_MODEL_FILE
+            from ._rowwise import FUSED_OPS_VERSION
+
+            meta.update(fused_model_file=FUSED_MODEL_FILE, fused_ops_version=FUSED_OPS_VERSION)
         (final / METADATA_FILE).write_text(json.dumps(meta, indent=2))
         reference = st.encode(PARITY_SENTENCES, normalize_embeddings=True, convert_to_numpy=True)
         parity: dict[str, Any] = {"n_sentences": len(PARITY_SENTENCES)}

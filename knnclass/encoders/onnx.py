@@ -21,6 +21,7 @@ __all__ = [
     "FUSED_MODEL_FILE",
     "METADATA_FILE",
     "OnnxEncoder",
+    "cpu_graph",
     "fused_ops_library",
     "read_metadata",
     "select_providers",
@@ -60,6 +61,16 @@ def fused_ops_library() -> Path | None:
 
     here = Path(__file__).parent
     return next((here / f"_fusedops{s}" for s in EXTENSION_SUFFIXES if (here / f"_fusedops{s}").is_file()), None)
+
+
+def cpu_graph(meta: dict[str, Any]) -> str:
+    """The graph an encoder with this metadata runs on CPU: the fused one where the ops are
+    built and are the version it was exported for."""
+    from ._rowwise import FUSED_OPS_VERSION
+
+    fused = meta.get("fused_model_file")
+    current = meta.get("fused_ops_version") == FUSED_OPS_VERSION
+    return str(fused) if fused and current and fused_ops_library() is not None else str(meta["model_file"])
 
 
 def select_providers(device: str, available: Sequence[str]) -> list[str]:
@@ -110,10 +121,9 @@ class OnnxEncoder:
         # CPU: the graph on knnclass's fused ops where the export wrote one and they are built.
         self._ops_library: Path | None = None
         fused = self.meta.get("fused_model_file")
-        if graph is None and fused and providers[0] == "CPUExecutionProvider":
+        if graph is None and providers[0] == "CPUExecutionProvider" and cpu_graph(self.meta) == fused:
             self._ops_library = fused_ops_library()
-            if self._ops_library is not None:
-                self._model_file = self._dir / fused
+            self._model_file = self._dir / fused
         if graph is not None:
             self._model_file = self._dir / graph
             if graph == fused:

@@ -71,3 +71,15 @@ def test_ops_that_fail_to_load_fall_back_to_the_stock_graph(real_encoder, monkey
     assert enc.graph == "model.onnx"
     assert "fused ops unusable" in caplog.text
     assert enc.embed(["my card has not arrived"]).shape == (1, 384)
+
+
+def test_a_fused_graph_for_other_ops_runs_the_stock_graph(real_encoder, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import json
+    import shutil
+
+    old = tmp_path / "old-encoder"
+    shutil.copytree(_dir(real_encoder), old)
+    meta = json.loads((old / "knnclass-encoder.json").read_text())
+    meta["fused_ops_version"] -= 1  # exported by an earlier knnclass: its ops had other inputs
+    (old / "knnclass-encoder.json").write_text(json.dumps(meta))
+    assert OnnxEncoder(old).graph == "model.onnx"

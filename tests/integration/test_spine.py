@@ -91,6 +91,9 @@ def test_index_tune_evaluate_classify_info(real_encoder, slices, tmp_path: Path)
     info = json.loads(out)
     assert info["count"] == n and len(info["labels"]) == CLASSES
     assert info["encoder"] == real_encoder.identity
+    assert info["encoder_graph"] == real_encoder.graph == "model_fused.onnx"
+    code, out, _ = run("info", "--store", store)
+    assert code == 0 and "graph      model_fused.onnx on CPU" in out
     best = tuned["best"]
     assert info["rule"] == {k: best[k] for k in ("vote", "size", "value", "threshold")}
 

@@ -257,3 +257,13 @@ def test_unmatched_patterns_are_left_alone(tmp_path: Path) -> None:
     quantize_rows(tmp_path / "g.onnx", tmp_path / "f.onnx", keep=lambda n: False, fused=True)
     ops = [n.op_type for n in onnx.load(str(tmp_path / "f.onnx")).graph.node]
     assert ops == ["RowQuant", "MatMulIntegerToFloat", "Mul", "Add"]
+
+
+def test_ops_version_is_the_same_in_python_and_c() -> None:
+    import re
+
+    from knnclass.encoders._rowwise import FUSED_OPS_VERSION
+
+    src = (Path(__file__).resolve().parents[2] / "knnclass" / "encoders" / "_fusedops.c").read_text()
+    found = re.search(r"KC_OPS_VERSION (\d+)", src)
+    assert found is not None and int(found.group(1)) == FUSED_OPS_VERSION

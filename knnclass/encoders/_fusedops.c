@@ -59,7 +59,8 @@ typedef struct OrtApiBase {
     const char *(*GetVersionString)(void);
 } OrtApiBase;
 
-enum { KC_API_VERSION = 16 }; /* custom-op API level used here: KernelComputeV2 */
+enum { KC_API_VERSION = 17 }; /* API level asked for: KernelContext_ParallelFor (1.17) */
+enum { KC_OP_VERSION = 16 };  /* OrtCustomOp layout filled in: through KernelComputeV2 */
 enum { ORT_INVALID_ARGUMENT = 2 };
 enum { T_FLOAT = 1, T_UINT8 = 2 };
 
@@ -78,6 +79,7 @@ enum {
     S_CreateCustomOpDomain = 26,
     S_CustomOpDomain_Add = 27,
     S_AddCustomOpDomain = 28,
+    S_KernelContext_ParallelFor = 274,
 };
 
 typedef OrtStatus *(*CreateStatus_t)(int code, const char *msg);
@@ -94,10 +96,12 @@ typedef void (*ReleaseTensorTypeAndShapeInfo_t)(OrtTensorTypeAndShapeInfo *info)
 typedef OrtStatus *(*CreateCustomOpDomain_t)(const char *domain, OrtCustomOpDomain **out);
 typedef OrtStatus *(*CustomOpDomain_Add_t)(OrtCustomOpDomain *domain, const void *op);
 typedef OrtStatus *(*AddCustomOpDomain_t)(OrtSessionOptions *options, OrtCustomOpDomain *domain);
+typedef OrtStatus *(*KernelContext_ParallelFor_t)(const OrtKernelContext *ctx, void (*fn)(void *, size_t), size_t total,
+                                                  size_t num_batch, void *usr);
 
 #define API(name) ((name##_t)g_api[S_##name])
 
-/* OrtCustomOp as of API version 16 (fields through KernelComputeV2). */
+/* OrtCustomOp as of version 16 (fields through KernelComputeV2). */
 typedef struct KcOp {
     uint32_t version;
     void *(*CreateKernel)(const struct KcOp *op, OrtApiTable api, const OrtKernelInfo *info);
@@ -413,6 +417,85 @@ static OrtStatus *get_output(OrtKernelContext *ctx, size_t i, const int64_t *dim
     return API(GetTensorMutableData)(v, out);
 }
 
+/* Work split over the session's intra-op threads (inline on a one-thread session). */
+static OrtStatus *parallel(OrtKernelContext *ctx, void (*fn)(void *, size_t), size_t total, void *arg) {
+    if (total <= 1) {
+        for (size_t i = 0; i < total; i++) fn(arg, i);
+        return NULL;
+    }
+    return API(KernelContext_ParallelFor)(ctx, fn, total, 0, arg);
+}
+
+typedef struct {
+    const Kernel *k;
+    int64_t n, rows;
+    const float *x, *s, *b, *r, *g, *be;
+    float *z, *s2;
+    uint8_t *q;
+    int failed;
+} RowJob;
+
+enum { KC_ROWS = 32 }; /* rows per work item */
+
+static void row_items(void *arg, size_t item) {
+    RowJob *j = (RowJob *)arg;
+    int64_t n = j->n, i0 = (int64_t)item * KC_ROWS, i1 = i0 + KC_ROWS < j->rows ? i0 + KC_ROWS : j->rows;
+    float *tmp = NULL;
+    if (j->k->kind == K_GELUQUANT && !(tmp = (float *)malloc((size_t)n * sizeof(float)))) {
+        __atomic_store_n(&j->failed, 1, __ATOMIC_RELAXED);
+        return;
+    }
+    for (int64_t i = i0; i < i1; i++) {
+        const float *x = j->x + i * n;
+        switch (j->k->kind) {
+        case K_ROWQUANT:
+            quant_row(x, n, j->q + i * n, j->s2 + i);
+            break;
+        case K_SCALEBIAS:
+            scale_bias_row(x, j->s[i], j->b, n, j->z + i * n);
+            break;
+        case K_GELUQUANT:
+            scale_bias_gelu_row(x, j->s[i], j->b, n, tmp);
+            quant_row(tmp, n, j->q + i * n, j->s2 + i);
+            break;
+        default: /* K_ADDLN, K_ADDLNQUANT */
+            scale_bias_add_ln_row(x, j->s[i], j->b, j->r + i * n, j->g, j->be, j->k->epsilon, n, j->z + i * n);
+            if (j->q) quant_row(j->z + i * n, n, j->q + i * n, j->s2 + i);
+        }
+    }
+    free(tmp);
+}
+
+static OrtStatus *run_rows(OrtKernelContext *ctx, RowJob *j) {
+    OrtStatus *st = parallel(ctx, row_items, (size_t)((j->rows + KC_ROWS - 1) / KC_ROWS), j);
+    if (!st && j->failed) st = fail("knnclass fused op: out of memory");
+    return st;
+}
+
+typedef struct {
+    const float *yq, *yk, *yv, *s, *bq, *bk, *bv, *m;
+    int64_t t, hd, h, d, m_step;
+    float *c; /* [B, T, H*D] context */
+    int failed;
+} AttJob;
+
+static void att_items(void *arg, size_t item) {
+    AttJob *j = (AttJob *)arg;
+    int64_t bi = (int64_t)item / j->h, hi = (int64_t)item % j->h, t = j->t, d = j->d, hd = j->hd;
+    int64_t tp = (t + 15) / 16 * 16;
+    size_t need = (size_t)(d * tp + t * d + 4 * d + 4 * tp);
+    float stack[8192]; /* 32 KiB: enough for 32-dim heads up to 100 tokens */
+    float *scratch = need <= sizeof stack / sizeof stack[0] ? stack : (float *)malloc(need * sizeof(float));
+    if (!scratch) {
+        __atomic_store_n(&j->failed, 1, __ATOMIC_RELAXED);
+        return;
+    }
+    int64_t off = bi * t * hd + hi * d;
+    attend_head(j->yq + off, j->yk + off, j->yv + off, j->s + bi * t, j->bq + hi * d, j->bk + hi * d, j->bv + hi * d,
+                j->m + bi * (j->m_step ? t * t : t), j->m_step, t, d, hd, scratch, j->c + off);
+    if (scratch != stack) free(scratch);
+}
+
 static OrtStatus *attention(const Kernel *k, OrtKernelContext *ctx, const In *yq) {
     OrtStatus *st;
     In yk, yv, sc, bq, bk, bv, m;
@@ -427,43 +510,36 @@ static OrtStatus *attention(const Kernel *k, OrtKernelContext *ctx, const In *yq
     if (sc.numel != b * t) return fail("knnclass Attention: one row scale per token expected");
     if (bq.numel != hd || bk.numel != hd || bv.numel != hd)
         return fail("knnclass Attention: Q, K and V biases must match the hidden size");
-    int64_t d = hd / h, m_step;
+    int64_t m_step;
     if (m.numel == b * t)
         m_step = 0; /* one bias row per text, shared by its queries */
     else if (m.numel == b * t * t)
         m_step = t;
     else
         return fail("knnclass Attention: the mask bias must be [batch, 1, 1 or tokens, tokens]");
-    int64_t sdims[3] = {b, t, 1};
+    AttJob job = {yq->data, yk.data, yv.data, sc.data, bq.data, bk.data, bv.data, m.data, t, hd, h, hd / h, m_step,
+                  NULL, 0};
     void *out = NULL, *qo = NULL, *so = NULL;
-    int64_t tp = (t + 15) / 16 * 16; /* attend_head's padded key count */
-    size_t head = (size_t)(d * tp + t * d + 4 * d + 4 * tp);
-    size_t scratch = head + (k->kind == K_ATTNQUANT ? (size_t)(t * hd) : 0);
-    float *buf = (float *)malloc((scratch ? scratch : 1) * sizeof(float));
-    if (!buf) return fail("knnclass Attention: out of memory");
+    float *ctx_buf = NULL;
     if (k->kind == K_ATTN) {
-        st = get_output(ctx, 0, yq->dims, 3, &out);
+        if ((st = get_output(ctx, 0, yq->dims, 3, &out))) return st;
+        job.c = (float *)out;
     } else {
-        st = get_output(ctx, 0, yq->dims, 3, &qo);
-        if (!st) st = get_output(ctx, 1, sdims, 3, &so);
+        int64_t sdims[3] = {b, t, 1};
+        if ((st = get_output(ctx, 0, yq->dims, 3, &qo)) || (st = get_output(ctx, 1, sdims, 3, &so))) return st;
+        ctx_buf = (float *)malloc((size_t)(yq->numel > 0 ? yq->numel : 1) * sizeof(float));
+        if (!ctx_buf) return fail("knnclass Attention: out of memory");
+        job.c = ctx_buf;
     }
-    if (st) {
-        free(buf);
-        return st;
+    st = parallel(ctx, att_items, (size_t)(b * h), &job);
+    if (!st && job.failed) st = fail("knnclass Attention: out of memory");
+    if (!st && k->kind == K_ATTNQUANT) {
+        static const Kernel rowquant = {K_ROWQUANT, 0.0f, 0};
+        RowJob rows = {&rowquant, hd, b * t, ctx_buf, NULL, NULL, NULL, NULL, NULL, NULL, (float *)so, (uint8_t *)qo, 0};
+        st = run_rows(ctx, &rows);
     }
-    for (int64_t bi = 0; bi < b; bi++) {
-        int64_t off = bi * t * hd;
-        float *c = k->kind == K_ATTN ? (float *)out + off : buf + head;
-        for (int64_t hi = 0; hi < h; hi++)
-            attend_head(yq->data + off + hi * d, yk.data + off + hi * d, yv.data + off + hi * d, sc.data + bi * t,
-                        bq.data + hi * d, bk.data + hi * d, bv.data + hi * d, m.data + bi * (m_step ? t * t : t),
-                        m_step, t, d, hd, buf, c + hi * d);
-        if (k->kind == K_ATTNQUANT)
-            for (int64_t i = 0; i < t; i++)
-                quant_row(c + i * hd, hd, (uint8_t *)qo + off + i * hd, (float *)so + bi * t + i);
-    }
-    free(buf);
-    return NULL;
+    free(ctx_buf);
+    return st;
 }
 
 static OrtStatus *compute(void *kernel, OrtKernelContext *ctx) {
@@ -471,59 +547,43 @@ static OrtStatus *compute(void *kernel, OrtKernelContext *ctx) {
     OrtStatus *st;
     In x;
     if ((st = get_input(ctx, 0, &x))) return st;
+    if (k->kind == K_ATTN || k->kind == K_ATTNQUANT) return attention(k, ctx, &x);
     int64_t n = x.dims[x.rank - 1];
-    int64_t rows = n > 0 ? x.numel / n : 0;
     int64_t sdims[8];
     memcpy(sdims, x.dims, sizeof sdims);
     sdims[x.rank - 1] = 1; /* row scales: [..., 1] */
-
-    if (k->kind == K_ATTN || k->kind == K_ATTNQUANT) return attention(k, ctx, &x);
+    RowJob j = {k, n, n > 0 ? x.numel / n : 0, x.data, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, 0};
+    void *z = NULL, *q = NULL, *s2 = NULL;
     if (k->kind == K_ROWQUANT) {
-        void *q, *s;
-        if ((st = get_output(ctx, 0, x.dims, x.rank, &q)) || (st = get_output(ctx, 1, sdims, x.rank, &s))) return st;
-        for (int64_t i = 0; i < rows; i++) quant_row(x.data + i * n, n, (uint8_t *)q + i * n, (float *)s + i);
-        return NULL;
+        if ((st = get_output(ctx, 0, x.dims, x.rank, &q)) || (st = get_output(ctx, 1, sdims, x.rank, &s2))) return st;
+        j.q = (uint8_t *)q, j.s2 = (float *)s2;
+        return run_rows(ctx, &j);
     }
-
     In s, b;
     if ((st = get_input(ctx, 1, &s)) || (st = get_input(ctx, 2, &b))) return st;
-    if (s.numel != rows) return fail("knnclass fused op: one row scale per row expected");
+    if (s.numel != j.rows) return fail("knnclass fused op: one row scale per row expected");
     if (b.numel != n) return fail("knnclass fused op: bias length must equal the last dimension");
-
-    if (k->kind == K_SCALEBIAS) {
-        void *z;
+    j.s = s.data, j.b = b.data;
+    if (k->kind == K_ADDLN || k->kind == K_ADDLNQUANT) {
+        In r, g, be;
+        if ((st = get_input(ctx, 3, &r)) || (st = get_input(ctx, 4, &g)) || (st = get_input(ctx, 5, &be))) return st;
+        if (r.numel != x.numel) return fail("knnclass fused op: residual shape must equal the input's");
+        if (g.numel != n || be.numel != n)
+            return fail("knnclass fused op: layer-norm weights must match the last dimension");
+        j.r = r.data, j.g = g.data, j.be = be.data;
+    }
+    if (k->kind == K_SCALEBIAS || k->kind == K_ADDLN || k->kind == K_ADDLNQUANT) {
         if ((st = get_output(ctx, 0, x.dims, x.rank, &z))) return st;
-        for (int64_t i = 0; i < rows; i++) scale_bias_row(x.data + i * n, s.data[i], b.data, n, (float *)z + i * n);
-        return NULL;
+        j.z = (float *)z;
     }
-    if (k->kind == K_GELUQUANT) {
-        void *q, *s2;
-        if ((st = get_output(ctx, 0, x.dims, x.rank, &q)) || (st = get_output(ctx, 1, sdims, x.rank, &s2))) return st;
-        float *tmp = (float *)malloc((size_t)(n > 0 ? n : 1) * sizeof(float));
-        if (!tmp) return fail("knnclass fused op: out of memory");
-        for (int64_t i = 0; i < rows; i++) {
-            scale_bias_gelu_row(x.data + i * n, s.data[i], b.data, n, tmp);
-            quant_row(tmp, n, (uint8_t *)q + i * n, (float *)s2 + i);
-        }
-        free(tmp);
-        return NULL;
-    }
-    /* K_ADDLN, K_ADDLNQUANT */
-    In r, g, be;
-    if ((st = get_input(ctx, 3, &r)) || (st = get_input(ctx, 4, &g)) || (st = get_input(ctx, 5, &be))) return st;
-    if (r.numel != x.numel) return fail("knnclass fused op: residual shape must equal the input's");
-    if (g.numel != n || be.numel != n) return fail("knnclass fused op: layer-norm weights must match the last dimension");
-    void *z, *q = NULL, *s2 = NULL;
-    if ((st = get_output(ctx, 0, x.dims, x.rank, &z))) return st;
+    if (k->kind == K_GELUQUANT &&
+        ((st = get_output(ctx, 0, x.dims, x.rank, &q)) || (st = get_output(ctx, 1, sdims, x.rank, &s2))))
+        return st;
     if (k->kind == K_ADDLNQUANT &&
         ((st = get_output(ctx, 1, x.dims, x.rank, &q)) || (st = get_output(ctx, 2, sdims, x.rank, &s2))))
         return st;
-    for (int64_t i = 0; i < rows; i++) {
-        float *zr = (float *)z + i * n;
-        scale_bias_add_ln_row(x.data + i * n, s.data[i], b.data, r.data + i * n, g.data, be.data, k->epsilon, n, zr);
-        if (q) quant_row(zr, n, (uint8_t *)q + i * n, (float *)s2 + i);
-    }
-    return NULL;
+    j.q = (uint8_t *)q, j.s2 = (float *)s2;
+    return run_rows(ctx, &j);
 }
 
 /* ---- op descriptions --------------------------------------------------------------- */
@@ -591,7 +651,7 @@ static const int kQS[] = {T_UINT8, T_FLOAT};
 static const int kFQS[] = {T_FLOAT, T_UINT8, T_FLOAT};
 
 #define KC_OP(NAME, KIND, IN, OUT)                                                                                  \
-    {KC_API_VERSION, create_kernel_v1, op_name, op_ep, in_type, in_count, out_type, out_count, compute_v1,         \
+    {KC_OP_VERSION, create_kernel_v1, op_name, op_ep, in_type, in_count, out_type, out_count, compute_v1,         \
      destroy_kernel, required, required, mem_default, one, one, one, one, create_kernel, compute, NAME, KIND,        \
      (int)(sizeof IN / sizeof IN[0]), IN, (int)(sizeof OUT / sizeof OUT[0]), OUT}
 
@@ -607,7 +667,7 @@ static KcOp g_ops[] = {
 
 KC_EXPORT OrtStatus *RegisterCustomOps(OrtSessionOptions *options, const OrtApiBase *base) {
     OrtApiTable api = base->GetApi(KC_API_VERSION);
-    if (!api) return NULL; /* cannot even build a status: onnxruntime older than 1.16 */
+    if (!api) return NULL; /* cannot even build a status: onnxruntime older than 1.17 */
     g_api = api;
     /* One domain per call: onnxruntime needs it alive as long as the sessions that use it. */
     OrtCustomOpDomain *domain = NULL;

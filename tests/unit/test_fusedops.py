@@ -27,15 +27,17 @@ def lib() -> Path:
     return path
 
 
-def _session(lib: Path, model: onnx.ModelProto) -> ort.InferenceSession:
+def _session(lib: Path, model: onnx.ModelProto, threads: int = 1) -> ort.InferenceSession:
     opts = ort.SessionOptions()
     opts.register_custom_ops_library(str(lib))
-    opts.intra_op_num_threads = 1
+    opts.intra_op_num_threads = threads
     return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
 
 
-def _op(lib: Path, op: str, inputs: dict[str, np.ndarray], outputs: list[str], **attrs: object) -> list[np.ndarray]:
-    """Run one fused op on `inputs`."""
+def _op(
+    lib: Path, op: str, inputs: dict[str, np.ndarray], outputs: list[str], threads: int = 1, **attrs: object
+) -> list[np.ndarray]:
+    """Run one fused op on `inputs` (on `threads` intra-op threads)."""
     node = helper.make_node(op, list(inputs), outputs, domain=FUSED_DOMAIN, **attrs)
     graph = helper.make_graph(
         [node],
@@ -47,7 +49,7 @@ def _op(lib: Path, op: str, inputs: dict[str, np.ndarray], outputs: list[str], *
         ],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid(FUSED_DOMAIN, 1)])
-    return [np.asarray(a) for a in _session(lib, model).run(outputs, inputs)]
+    return [np.asarray(a) for a in _session(lib, model, threads).run(outputs, inputs)]
 
 
 def _rowquant_ref(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -81,6 +83,10 @@ def test_row_quant(lib: Path) -> None:
     assert q.dtype == np.uint8 and q.shape == x.shape and s.shape == (2, 5, 1)
     _check_quant(q, s, x)
     assert (q[0, 1] == 128).all()
+    many = RNG.normal(size=(7, 19, 40)).astype(np.float32)  # 133 rows: several 32-row work items
+    one = _op(lib, "RowQuant", {"x": many}, ["q", "s"])
+    wide = _op(lib, "RowQuant", {"x": many}, ["q", "s"], threads=3)
+    assert all(np.array_equal(a, b) for a, b in zip(one, wide, strict=True))
 
 
 def test_scale_bias(lib: Path) -> None:
@@ -147,6 +153,10 @@ def test_attention(lib: Path, t: int, head_dim: int, per_query: bool) -> None:
     np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-5)
     cq, cs = _op(lib, "AttentionQuant", feed, ["cq", "cs"], num_heads=heads)
     _check_quant(cq, cs, got)
+    # split over threads (text x head items): the same bits
+    wide = _op(lib, "AttentionQuant", feed, ["cq", "cs"], threads=3, num_heads=heads)
+    np.testing.assert_array_equal(wide[0], cq)
+    np.testing.assert_array_equal(wide[1], cs)
     # a padded text's real tokens get exactly what they get alone
     n = lengths[1]
     alone = {k: (x[1:, :n] if x.ndim == 3 else x) for k, x in feed.items() if k != "m"}

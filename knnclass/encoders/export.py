@@ -384,15 +384,26 @@ def _export_encoder(
             **({"fused_": FUSED_MODEL_FILE} if fused else {}),
             **({"cuda_fp16_": CUDA_MODEL_FILE} if settings.cuda else {}),
         }
-        for prefix, graph in graphs.items():
+        def failed(prefix: str, graph: str, message: str) -> None:
+            """A graph missed the gate: fatal, but for the fused graph (dropped: model.onnx serves)."""
+            if prefix != "fused_":
+                raise ExportError(f"export of {name} failed the parity gate ({graph}): {message}")
+            del graphs[prefix]
+            (final / graph).unlink()
+            for key in ("fused_model_file", "fused_ops_version"):
+                meta.pop(key, None)
+            meta["fused_rejected"] = message
+
+        for prefix, graph in list(graphs.items()):
             got = OnnxEncoder(final, graph=graph).embed(PARITY_SENTENCES)
             cos = np.sum(reference * got, axis=1) / np.linalg.norm(reference, axis=1)
             lo, mean = round(float(cos.min()), 5), round(float(cos.mean()), 5)
             parity.update({f"{prefix}cosine_min": lo, f"{prefix}cosine_mean": mean})
             if lo < settings.min_cosine or mean < settings.mean_cosine:
-                raise ExportError(
-                    f"export of {name} failed the parity gate ({graph}): cosine min {lo} "
-                    f"(need >= {settings.min_cosine}), mean {mean} (need >= {settings.mean_cosine})"
+                failed(
+                    prefix,
+                    graph,
+                    f"cosine min {lo} (need >= {settings.min_cosine}), mean {mean} (need >= {settings.mean_cosine})",
                 )
         meta["parity"] = parity
         if parity_data is not None and settings.quantize != "none":
@@ -402,16 +413,18 @@ def _export_encoder(
             (ref_dir / METADATA_FILE).write_text(json.dumps({**meta, "fused_model_file": None}))
             acc32 = knn_accuracy(OnnxEncoder(ref_dir), Path(parity_data))
             parity.update(knn_data=Path(parity_data).name, knn_accuracy_fp32=round(acc32, 5))
-            for prefix, graph in graphs.items():
+            for prefix, graph in list(graphs.items()):
                 if prefix == "cuda_fp16_":  # fp16 is checked on the GPU it is for, not here
                     continue
                 acc = knn_accuracy(OnnxEncoder(final, graph=graph), Path(parity_data))
                 drop = round((acc32 - acc) * 100, 3)
                 parity.update({f"{prefix}knn_accuracy": round(acc, 5), f"{prefix}knn_drop_pt": drop})
                 if drop > settings.max_knn_drop_pt:
-                    raise ExportError(
-                        f"export of {name} failed the parity gate ({graph}): kNN accuracy {acc:.4f} is "
-                        f"{drop} points below fp32 ({acc32:.4f}); allowed {settings.max_knn_drop_pt}"
+                    failed(
+                        prefix,
+                        graph,
+                        f"kNN accuracy {acc:.4f} is {drop} points below fp32 ({acc32:.4f}); "
+                        f"allowed {settings.max_knn_drop_pt}",
                     )
         meta["export_seconds"] = round(time.perf_counter() - t0, 1)
         (final / METADATA_FILE).write_text(json.dumps(meta, indent=2))

@@ -11,7 +11,8 @@ if [ ! -x .venv/bin/python ]; then
 fi
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   .venv/bin/python -m pip install -q --upgrade pip
-  .venv/bin/python -m pip install -q -e '.[train,dev]'
+  # (setuptools warns at length that an editable install with a compiled part is one; nothing to act on)
+  PYTHONWARNINGS=ignore .venv/bin/python -m pip install -q -e '.[train,dev]'
   if ! ls knnclass/encoders/_fusedops.*.so >/dev/null 2>&1; then
     echo "note: knnclass's fused onnxruntime ops were not compiled (no C compiler?);" \
       "encoders run on stock onnxruntime ops, slower" >&2

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import DependencyError, ExportError, InputError
+from ..errors import DependencyError, EncoderError, ExportError, InputError
 from .onnx import CUDA_MODEL_FILE, FUSED_MODEL_FILE, METADATA_FILE, OnnxEncoder, fused_ops_library
 
 __all__ = ["PARITY_SENTENCES", "ExportSettings", "export_encoder", "source_fingerprint", "st_config"]
@@ -384,6 +384,7 @@ def _export_encoder(
             **({"fused_": FUSED_MODEL_FILE} if fused else {}),
             **({"cuda_fp16_": CUDA_MODEL_FILE} if settings.cuda else {}),
         }
+
         def failed(prefix: str, graph: str, message: str) -> None:
             """A graph missed the gate: fatal, but for the fused graph (dropped: model.onnx serves)."""
             if prefix != "fused_":
@@ -395,7 +396,13 @@ def _export_encoder(
             meta["fused_rejected"] = message
 
         for prefix, graph in list(graphs.items()):
-            got = OnnxEncoder(final, graph=graph).embed(PARITY_SENTENCES)
+            try:
+                got = OnnxEncoder(final, graph=graph).embed(PARITY_SENTENCES)
+            except EncoderError as e:
+                if prefix != "fused_":
+                    raise
+                failed(prefix, graph, f"does not load: {e}")
+                continue
             cos = np.sum(reference * got, axis=1) / np.linalg.norm(reference, axis=1)
             lo, mean = round(float(cos.min()), 5), round(float(cos.mean()), 5)
             parity.update({f"{prefix}cosine_min": lo, f"{prefix}cosine_mean": mean})

@@ -85,17 +85,24 @@ def test_a_fused_graph_for_other_ops_runs_the_stock_graph(real_encoder, tmp_path
     assert OnnxEncoder(old).graph == "model.onnx"
 
 
-def test_a_fused_graph_that_misses_the_gate_is_dropped_not_fatal(encoder_cache, tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize("fault", ["wrong vectors", "does not load"])
+def test_a_fused_graph_that_fails_is_dropped_not_fatal(encoder_cache, tmp_path, monkeypatch, fault: str) -> None:  # type: ignore[no-untyped-def]
     from knnclass.encoders import default_model_dir
     from knnclass.encoders import export as export_module
 
     class BrokenFused(OnnxEncoder):
+        def __init__(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+            super().__init__(*args, **kwargs)
+            if fault == "does not load" and self.graph == "model_fused.onnx":
+                raise EncoderError("cannot load encoder: no kernel for RowQuant")
+
         def embed(self, texts):  # type: ignore[no-untyped-def]
             got = super().embed(texts)
             return got[::-1].copy() if self.graph == "model_fused.onnx" else got
 
     monkeypatch.setattr(export_module, "OnnxEncoder", BrokenFused)
     meta = export_module.export_encoder(default_model_dir(), tmp_path / "enc", name="all-MiniLM-L6-v2")
-    assert "cosine min" in meta["fused_rejected"] and "fused_model_file" not in meta
+    expected = "cosine min" if fault == "wrong vectors" else "does not load"
+    assert expected in meta["fused_rejected"] and "fused_model_file" not in meta
     assert not (tmp_path / "enc" / "model_fused.onnx").exists()
     assert OnnxEncoder(tmp_path / "enc").graph == "model.onnx"

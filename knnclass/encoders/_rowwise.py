@@ -74,12 +74,10 @@ def quantize_rows(
             nodes.append(node)
             continue
         x = node.input[0]
+        q = f"rq{len(quantised)}"
         if x not in quantised and fused:
-            q = f"rq{len(quantised)}"
             nodes.append(helper.make_node("RowQuant", [x], [f"{q}_q", f"{q}_scale"], domain=FUSED_DOMAIN))
-            quantised[x] = (f"{q}_q", f"{q}_scale")
-        if x not in quantised:
-            q = f"rq{len(quantised)}"
+        elif x not in quantised:
             added.append(numpy_helper.from_array(np.array([-1, w.dims[0]], np.int64), f"{q}_2d"))
             nodes += [
                 # max |x| per row as max(max x, -min x): two reads, no |x| tensor written
@@ -101,8 +99,7 @@ def quantize_rows(
                 helper.make_node("Shape", [x], [f"{q}_shape"]),
                 helper.make_node("Reshape", [f"{q}_q2d", f"{q}_shape"], [f"{q}_q"]),
             ]
-            quantised[x] = (f"{q}_q", f"{q}_scale")
-        xq, scale = quantised[x]
+        xq, scale = quantised.setdefault(x, (f"{q}_q", f"{q}_scale"))
         wf = numpy_helper.to_array(w).astype(np.float32)
         w_scale = (np.maximum(np.abs(wf).max(axis=0), 1e-12) / weight_max).astype(np.float32)
         wq = np.clip(np.round(wf / w_scale), -weight_max, weight_max).astype(np.int8)
@@ -125,9 +122,8 @@ def quantize_rows(
         count += 1
     if fused:
         inits = {**weights, **{t.name: t for t in added}}
-        nodes = fuse_epilogues(nodes, inits)
-        nodes = fuse_attention(nodes, inits)
-        nodes = _prune(nodes, {o.name for o in graph.output})
+        nodes = fuse_attention(fuse_epilogues(nodes, inits), inits)
+        nodes = _prune(_toposort(nodes), {o.name for o in graph.output})
     del graph.node[:]
     graph.node.extend(nodes)
     graph.initializer.extend(added)
@@ -156,7 +152,7 @@ def fuse_epilogues(nodes: list[onnx.NodeProto], inits: dict[str, onnx.TensorProt
     users, only_user, other, const_is = g.users, g.only_user, g.other, g.const_is
 
     drop: set[int] = set()
-    put: dict[int, onnx.NodeProto] = {}  # fused node, at the first node it replaces (then sorted)
+    put: dict[int, onnx.NodeProto] = {}  # fused node, at the first node it replaces
     order = {id(n): i for i, n in enumerate(nodes)}
     for gemm in nodes:
         if gemm.op_type != "MatMulIntegerToFloat":
@@ -195,26 +191,31 @@ def fuse_epilogues(nodes: list[onnx.NodeProto], inits: dict[str, onnx.TensorProt
         # residual Add, then LayerNormalization over the last axis
         res = only_user(a, "Add")
         ln = only_user(res.output[0], "LayerNormalization") if res is not None else None
-        if fused is None and res is not None and ln is not None:
-            attrs = {at.name: helper.get_attribute_value(at) for at in ln.attribute}
-            if attrs.get("axis", -1) == -1 and len([o for o in ln.output if o]) == 1 and len(ln.input) == 3:
-                eps = float(attrs.get("epsilon", 1e-5))
-                inputs = [y, scale, bias, other(res, a), ln.input[1], ln.input[2]]
-                rq = next((u for u in users.get(ln.output[0], []) if u.op_type == "RowQuant"), None)
-                chain += [res, ln]
-                if rq is None:
-                    fused = helper.make_node(
-                        "ScaleBiasAddLayerNorm", inputs, [ln.output[0]], domain=FUSED_DOMAIN, epsilon=eps
-                    )
-                else:
-                    chain.append(rq)
-                    fused = helper.make_node(
-                        "ScaleBiasAddLayerNormQuant",
-                        inputs,
-                        [ln.output[0], *rq.output],
-                        domain=FUSED_DOMAIN,
-                        epsilon=eps,
-                    )
+        if (
+            fused is None
+            and res is not None
+            and ln is not None
+            and g.attr(ln, "axis", -1) == -1
+            and len([o for o in ln.output if o]) == 1
+            and len(ln.input) == 3
+        ):
+            eps = float(g.attr(ln, "epsilon", 1e-5))  # type: ignore[arg-type]
+            inputs = [y, scale, bias, other(res, a), ln.input[1], ln.input[2]]
+            rq = next((u for u in users.get(ln.output[0], []) if u.op_type == "RowQuant"), None)
+            chain += [res, ln]
+            if rq is None:
+                fused = helper.make_node(
+                    "ScaleBiasAddLayerNorm", inputs, [ln.output[0]], domain=FUSED_DOMAIN, epsilon=eps
+                )
+            else:
+                chain.append(rq)
+                fused = helper.make_node(
+                    "ScaleBiasAddLayerNormQuant",
+                    inputs,
+                    [ln.output[0], *rq.output],
+                    domain=FUSED_DOMAIN,
+                    epsilon=eps,
+                )
         if fused is None:
             fused = helper.make_node("ScaleBias", [y, scale, bias], [a], domain=FUSED_DOMAIN)
         drop.update(id(n) for n in chain)
@@ -225,7 +226,7 @@ def fuse_epilogues(nodes: list[onnx.NodeProto], inits: dict[str, onnx.TensorProt
             out.append(put[i])
         elif id(n) not in drop:
             out.append(n)
-    return _toposort(out)
+    return out  # not yet in topological order: quantize_rows sorts once, after every fusion
 
 
 class _Graph:
@@ -234,7 +235,6 @@ class _Graph:
     def __init__(self, nodes: list[onnx.NodeProto], inits: dict[str, onnx.TensorProto]):
         from onnx import numpy_helper
 
-        self.inits = inits
         self.consts: dict[str, float] = {}
         for n in nodes:
             if n.op_type == "Constant" and n.attribute and n.attribute[0].name == "value":
@@ -358,7 +358,7 @@ def fuse_attention(nodes: list[onnx.NodeProto], inits: dict[str, onnx.TensorProt
                 "Attention", inputs, list(merge.output), domain=FUSED_DOMAIN, num_heads=q[1]
             )
     # the replaced block's other nodes are left for _prune
-    return _toposort([replace.get(id(n), n) for n in nodes])
+    return [replace.get(id(n), n) for n in nodes]
 
 
 def _prune(nodes: list[onnx.NodeProto], outputs: set[str]) -> list[onnx.NodeProto]:

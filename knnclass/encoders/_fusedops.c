@@ -273,90 +273,86 @@ KC_INLINE kc_v16 kc_exp_neg(kc_v16 x) {
     return (kc_v16)((kc_v16i)(p * (kc_v16)bits) & keep);
 }
 
-/* Rows i0 .. i0+R-1 of one head: scores against all keys, softmax, weighted values.
+/* out[r] = sum over k < n of w[r*w_row + k] * (16 floats at v + k*v_step), for r < R (<= 4):
+   even and odd k in separate registers (FMA latency), in the same order for any R. */
+KC_INLINE void dot_rows(int R, const float *w, int64_t w_row, const float *v, int64_t v_step, int64_t n,
+                        kc_v16 *out) {
+    kc_v16 a[4][2];
+    for (int r = 0; r < R; r++) a[r][0] = a[r][1] = KC_SPLAT(0.0f);
+    int64_t k = 0;
+    for (; k + 2 <= n; k += 2) {
+        kc_v16 v0 = KC_LOAD(v + k * v_step), v1 = KC_LOAD(v + (k + 1) * v_step);
+        for (int r = 0; r < R; r++) {
+            a[r][0] += w[r * w_row + k] * v0;
+            a[r][1] += w[r * w_row + k + 1] * v1;
+        }
+    }
+    if (k < n) {
+        kc_v16 v0 = KC_LOAD(v + k * v_step);
+        for (int r = 0; r < R; r++) a[r][0] += w[r * w_row + k] * v0;
+    }
+    for (int r = 0; r < R; r++) out[r] = a[r][0] + a[r][1];
+}
+
+/* Rows i0 .. i0+R-1 (R <= 4) of one head: scores against all keys, softmax, weighted values.
    kt: D x tp keys (scaled, zero beyond t), vh: t x D values, qh: R x D queries,
    m: mask bias rows (m_step apart), c: output rows `ld` apart. */
-#define KC_ATTEND_ROWS(R)                                                                                     \
-    KC_INLINE void attend_rows_##R(const float *qh, const float *kt, const float *vh, const float *m,    \
-                                       int64_t m_step, int64_t t, int64_t tp, int64_t d, float *p, float *c, \
-                                       int64_t ld) {                                                         \
-        for (int64_t jb = 0; jb < tp; jb += 16) {                                                           \
-            kc_v16 a[R][2];                                                                                   \
-            for (int r = 0; r < R; r++) a[r][0] = a[r][1] = KC_SPLAT(0.0f);                                  \
-            int64_t e = 0;                                                                                    \
-            for (; e + 2 <= d; e += 2) {                                                                      \
-                kc_v16 k0 = KC_LOAD(kt + e * tp + jb), k1 = KC_LOAD(kt + (e + 1) * tp + jb);                \
-                for (int r = 0; r < R; r++) {                                                                 \
-                    a[r][0] += qh[r * d + e] * k0;                                                            \
-                    a[r][1] += qh[r * d + e + 1] * k1;                                                        \
-                }                                                                                             \
-            }                                                                                                 \
-            if (e < d) {                                                                                      \
-                kc_v16 k0 = KC_LOAD(kt + e * tp + jb);                                                        \
-                for (int r = 0; r < R; r++) a[r][0] += qh[r * d + e] * k0;                                    \
-            }                                                                                                 \
-            for (int r = 0; r < R; r++) KC_STORE(p + r * tp + jb, a[r][0] + a[r][1]);                       \
-        }                                                                                                     \
-        float inv[R];                                                                                         \
-        for (int r = 0; r < R; r++) {                                                                         \
-            float *pr = p + r * tp;                                                                           \
-            const float *mr = m + r * m_step;                                                                 \
-            int64_t j = 0;                                                                                    \
-            for (; j + 16 <= t; j += 16) KC_STORE(pr + j, KC_LOAD(pr + j) + KC_LOAD(mr + j));                 \
-            for (; j < t; j++) pr[j] += mr[j];                                                                \
-            for (; j < tp; j++) pr[j] = -3.402823466e38f;                                                     \
-            kc_v16 mx = KC_LOAD(pr);                                                                          \
-            for (int64_t jb = 16; jb < tp; jb += 16) {                                                       \
-                kc_v16 x = KC_LOAD(pr + jb);                                                                  \
-                mx = kc_sel(x > mx, x, mx);                                                                   \
-            }                                                                                                 \
-            float top = kc_hmax(mx);                                                                          \
-            kc_v16 sum = KC_SPLAT(0.0f);                                                                      \
-            for (int64_t jb = 0; jb < tp; jb += 16) {                                                        \
-                kc_v16 x = kc_exp_neg(KC_LOAD(pr + jb) - top);                                                \
-                KC_STORE(pr + jb, x);                                                                         \
-                sum += x;                                                                                     \
-            }                                                                                                 \
-            inv[r] = 1.0f / kc_hsum(sum);                                                                     \
-        }                                                                                                     \
-        int64_t e0 = 0;                                                                                       \
-        for (; e0 + 16 <= d; e0 += 16) {                                                                      \
-            kc_v16 a[R][2];                                                                                   \
-            for (int r = 0; r < R; r++) a[r][0] = a[r][1] = KC_SPLAT(0.0f);                                  \
-            int64_t j = 0;                                                                                    \
-            for (; j + 2 <= t; j += 2) {                                                                      \
-                kc_v16 v0 = KC_LOAD(vh + j * d + e0), v1 = KC_LOAD(vh + (j + 1) * d + e0);                  \
-                for (int r = 0; r < R; r++) {                                                                 \
-                    a[r][0] += p[r * tp + j] * v0;                                                            \
-                    a[r][1] += p[r * tp + j + 1] * v1;                                                        \
-                }                                                                                             \
-            }                                                                                                 \
-            if (j < t) {                                                                                      \
-                kc_v16 v0 = KC_LOAD(vh + j * d + e0);                                                         \
-                for (int r = 0; r < R; r++) a[r][0] += p[r * tp + j] * v0;                                    \
-            }                                                                                                 \
-            for (int r = 0; r < R; r++) KC_STORE(c + r * ld + e0, (a[r][0] + a[r][1]) * inv[r]);                       \
-        }                                                                                                     \
-        for (int r = 0; r < R && e0 < d; r++) { /* head dims not a multiple of 16: lanes over e, */        \
-            float *cr = c + r * ld;                       /* so the padded width never changes a sum */      \
-            for (int64_t e = e0; e < d; e++) cr[e] = 0.0f;                                                    \
-            for (int64_t j = 0; j < t; j++) {                                                                 \
-                float w = p[r * tp + j];                                                                      \
-                for (int64_t e = e0; e < d; e++) cr[e] += w * vh[j * d + e];                                  \
-            }                                                                                                 \
-            for (int64_t e = e0; e < d; e++) cr[e] *= inv[r];                                                 \
-        }                                                                                                     \
+KC_INLINE void attend_rows(int R, const float *qh, const float *kt, const float *vh, const float *m, int64_t m_step,
+                           int64_t t, int64_t tp, int64_t d, float *p, float *c, int64_t ld) {
+    kc_v16 acc[4];
+    for (int64_t jb = 0; jb < tp; jb += 16) {
+        dot_rows(R, qh, d, kt + jb, tp, d, acc);
+        for (int r = 0; r < R; r++) KC_STORE(p + r * tp + jb, acc[r]);
     }
-KC_ATTEND_ROWS(4)
-KC_ATTEND_ROWS(1)
+    float inv[4];
+    for (int r = 0; r < R; r++) {
+        float *pr = p + r * tp;
+        const float *mr = m + r * m_step;
+        int64_t j = 0;
+        for (; j + 16 <= t; j += 16) KC_STORE(pr + j, KC_LOAD(pr + j) + KC_LOAD(mr + j));
+        for (; j < t; j++) pr[j] += mr[j];
+        for (; j < tp; j++) pr[j] = -3.402823466e38f;
+        kc_v16 mx = KC_LOAD(pr);
+        for (int64_t jb = 16; jb < tp; jb += 16) {
+            kc_v16 x = KC_LOAD(pr + jb);
+            mx = kc_sel(x > mx, x, mx);
+        }
+        float top = kc_hmax(mx);
+        kc_v16 sum = KC_SPLAT(0.0f);
+        for (int64_t jb = 0; jb < tp; jb += 16) {
+            kc_v16 x = kc_exp_neg(KC_LOAD(pr + jb) - top);
+            KC_STORE(pr + jb, x);
+            sum += x;
+        }
+        inv[r] = 1.0f / kc_hsum(sum);
+    }
+    int64_t e0 = 0;
+    for (; e0 + 16 <= d; e0 += 16) {
+        dot_rows(R, p, tp, vh + e0, d, t, acc);
+        for (int r = 0; r < R; r++) KC_STORE(c + r * ld + e0, acc[r] * inv[r]);
+    }
+    for (int r = 0; r < R && e0 < d; r++) { /* head dims not a multiple of 16: lanes over e, */
+        float *cr = c + r * ld;              /* so the padded width never changes a sum */
+        for (int64_t e = e0; e < d; e++) cr[e] = 0.0f;
+        for (int64_t j = 0; j < t; j++) {
+            float w = p[r * tp + j];
+            for (int64_t e = e0; e < d; e++) cr[e] += w * vh[j * d + e];
+        }
+        for (int64_t e = e0; e < d; e++) cr[e] *= inv[r];
+    }
+}
+
+/* Keys padded to whole 16-lane blocks, and the floats of scratch attend_head needs. */
+KC_INLINE int64_t pad16(int64_t t) { return (t + 15) / 16 * 16; }
+KC_INLINE size_t attend_scratch(int64_t t, int64_t d) { return (size_t)(d * pad16(t) + t * d + 4 * d + 4 * pad16(t)); }
 
 /* One head of one text. Q, K, V come as the projections' int8 GEMM outputs Y (one token
    every `ld` floats) with their row scales s and biases: q = Yq s + bq, and so on; the
-   1/sqrt(D) score scale is folded into K. scratch: D*T16 + T*D + 4*D + 4*T16 floats. */
+   1/sqrt(D) score scale is folded into K. scratch: attend_scratch(t, d) floats. */
 KC_CLONES static void attend_head(const float *yq, const float *yk, const float *yv, const float *s, const float *bq,
                                   const float *bk, const float *bv, const float *m, int64_t m_step, int64_t t,
                                   int64_t d, int64_t ld, float *scratch, float *c) {
-    int64_t tp = (t + 15) / 16 * 16;
+    int64_t tp = pad16(t);
     float scale = 1.0f / sqrtf((float)d);
     float *kt = scratch, *vh = kt + d * tp, *qh = vh + t * d, *p = qh + 4 * d;
     for (int64_t e = 0; e < d; e++) {
@@ -370,11 +366,11 @@ KC_CLONES static void attend_head(const float *yq, const float *yk, const float 
     for (; i + 4 <= t; i += 4) {
         for (int r = 0; r < 4; r++)
             for (int64_t e = 0; e < d; e++) qh[r * d + e] = yq[(i + r) * ld + e] * s[i + r] + bq[e];
-        attend_rows_4(qh, kt, vh, m + i * m_step, m_step, t, tp, d, p, c + i * ld, ld);
+        attend_rows(4, qh, kt, vh, m + i * m_step, m_step, t, tp, d, p, c + i * ld, ld);
     }
     for (; i < t; i++) {
         for (int64_t e = 0; e < d; e++) qh[e] = yq[i * ld + e] * s[i] + bq[e];
-        attend_rows_1(qh, kt, vh, m + i * m_step, m_step, t, tp, d, p, c + i * ld, ld);
+        attend_rows(1, qh, kt, vh, m + i * m_step, m_step, t, tp, d, p, c + i * ld, ld);
     }
 }
 
@@ -488,8 +484,7 @@ typedef struct {
 static void att_items(void *arg, size_t item) {
     AttJob *j = (AttJob *)arg;
     int64_t bi = (int64_t)item / j->h, hi = (int64_t)item % j->h, t = j->t, d = j->d, hd = j->hd;
-    int64_t tp = (t + 15) / 16 * 16;
-    size_t need = (size_t)(d * tp + t * d + 4 * d + 4 * tp);
+    size_t need = attend_scratch(t, d);
     float stack[8192]; /* 32 KiB: enough for 32-dim heads up to 100 tokens */
     float *scratch = need <= sizeof stack / sizeof stack[0] ? stack : (float *)malloc(need * sizeof(float));
     if (!scratch) {
@@ -600,19 +595,14 @@ static OrtStatus *create_kernel(const KcOp *op, OrtApiTable api, const OrtKernel
     if (!k) return fail("knnclass fused op: out of memory");
     k->kind = op->kind;
     k->epsilon = 1e-5f;
-    if (op->kind == K_ATTN || op->kind == K_ATTNQUANT) {
-        OrtStatus *st = API(KernelInfoGetAttribute_int64)(info, "num_heads", &k->heads);
-        if (st) {
-            free(k);
-            return st;
-        }
-    }
-    if (op->kind == K_ADDLN || op->kind == K_ADDLNQUANT) {
-        OrtStatus *st = API(KernelInfoGetAttribute_float)(info, "epsilon", &k->epsilon);
-        if (st) {
-            free(k);
-            return st;
-        }
+    OrtStatus *st = NULL;
+    if (op->kind == K_ATTN || op->kind == K_ATTNQUANT)
+        st = API(KernelInfoGetAttribute_int64)(info, "num_heads", &k->heads);
+    else if (op->kind == K_ADDLN || op->kind == K_ADDLNQUANT)
+        st = API(KernelInfoGetAttribute_float)(info, "epsilon", &k->epsilon);
+    if (st) {
+        free(k);
+        return st;
     }
     *out = k;
     return NULL;

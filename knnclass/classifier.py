@@ -5,19 +5,30 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from .data import Example, is_blank
 from .encoders.base import Encoder
-from .errors import EncoderMismatchError, ExampleNotFoundError, InputError, NotTunedError, StoreError
-from .metrics import score_predictions
+from .errors import (
+    EncoderMismatchError,
+    ExampleNotFoundError,
+    InputError,
+    KnnclassError,
+    NotTunedError,
+    StoreError,
+)
+from .metrics import evaluation_metrics
+from .policy import Policy, reasons, score_rows, typical_similarity
 from .store.base import CollectionMeta, Hit, Ref, Store
-from .tuning import K_MAX, TuningResult, tune_rule
-from .voting import Decision, Neighbour, Rule, decide
+from .tuning import K_MAX, Objective, TuningResult, hits_to_arrays, tune_rule
+from .voting import Neighbour, Rule
 
-__all__ = ["Classifier", "EncoderLoader", "Prediction"]
+if TYPE_CHECKING:
+    from .jobs.head import Head
+
+__all__ = ["BatchTimings", "Classifier", "ClassifyRequest", "ClassifyResult", "EncoderLoader", "Prediction"]
 
 EncoderLoader = Callable[[str], Encoder]
 Progress = Callable[[int], None]
@@ -25,14 +36,24 @@ Progress = Callable[[int], None]
 
 @dataclass(frozen=True)
 class Prediction:
-    """A label (None when abstained), its confidence, and the neighbours as evidence."""
+    """An answer with its evidence.
+
+    `label` is None when abstained (`reason`: unknown, low_confidence, tie, no_neighbours);
+    `suggestion` is the best guess either way and `confidence` the probability that it is
+    right (calibrated when the collection was tuned with a policy, else the vote share).
+    `familiarity` says how much the ticket looks like the indexed ones; `alternatives` are
+    the next labels with their probabilities; `source` is "knn" or "head".
+    """
 
     label: str | None
     confidence: float
     abstained: bool
     reason: str | None
     neighbours: list[Neighbour] = field(default_factory=list)
-    votes: dict[str, float] = field(default_factory=dict)
+    suggestion: str | None = None
+    familiarity: float | None = None
+    alternatives: list[tuple[str, float]] = field(default_factory=list)
+    source: str = "knn"
 
     def to_dict(self, include_neighbours: bool = True) -> dict[str, Any]:
         d: dict[str, Any] = {
@@ -40,10 +61,41 @@ class Prediction:
             "confidence": round(self.confidence, 6),
             "abstained": self.abstained,
             "reason": self.reason,
+            "suggestion": self.suggestion,
+            "familiarity": None if self.familiarity is None else round(self.familiarity, 6),
+            "alternatives": [{"label": lab, "confidence": round(p, 6)} for lab, p in self.alternatives],
+            "source": self.source,
         }
         if include_neighbours:
             d["neighbours"] = [{"id": n.id, "label": n.label, "score": round(n.score, 6)} for n in self.neighbours]
         return d
+
+
+@dataclass(frozen=True)
+class ClassifyRequest:
+    """One caller's texts and overrides; `truncate=False` refuses texts over the token limit."""
+
+    texts: Sequence[str]
+    rule: Rule | None = None
+    k: int | None = None
+    truncate: bool = True
+
+
+@dataclass(frozen=True)
+class ClassifyResult:
+    """Predictions for one request, with the pinned version, rule and encoder that made them."""
+
+    predictions: list[Prediction]
+    ref: Ref
+    rule: Rule
+    encoder: str
+
+
+@dataclass
+class BatchTimings:
+    encode_s: float = 0.0
+    search_s: float = 0.0
+    texts: int = 0
 
 
 def _encoder_export(source: str) -> tuple[dict[str, Any] | None, str | None]:
@@ -166,11 +218,14 @@ class Classifier:
             self.store.optimize(ref)
         return ref
 
-    def add(self, examples: Sequence[Example], ref: Ref | None = None) -> None:
-        """Add or replace examples live (durable on return)."""
+    def add(self, examples: Sequence[Example], ref: Ref | None = None, truncate: bool = True) -> None:
+        """Add or replace examples live (durable on return); `truncate=False` refuses over-long texts."""
         ref = ref or self.ref()
         enc = self.encoder_for(self.meta(ref))
-        self.store.upsert(ref, examples, enc.embed([e.text for e in examples]))
+        texts = [e.text for e in examples]
+        if not truncate:
+            self.check_length(enc, texts, [f"example {e.id!r}" for e in examples])
+        self.store.upsert(ref, examples, enc.embed(texts))
 
     def get(self, example_id: str, ref: Ref | None = None) -> Example:
         found = self.store.retrieve(ref or self.ref(), [example_id])
@@ -211,72 +266,195 @@ class Classifier:
         rule: Rule | None = None,
         k: int | None = None,
         with_text: bool = False,
+        truncate: bool = True,
     ) -> tuple[list[Prediction], Ref, Rule]:
         """Predictions for `texts`, all against one pinned version of the collection."""
+        result = self.classify_batch([ClassifyRequest(texts, rule, k, truncate)], with_text=with_text)[0]
+        if isinstance(result, Exception):
+            raise result
+        return result.predictions, result.ref, result.rule
+
+    def classify_batch(
+        self, requests: Sequence[ClassifyRequest], with_text: bool = False, timings: BatchTimings | None = None
+    ) -> list[ClassifyResult | KnnclassError]:
+        """Several callers' requests in one encoder batch, against one pinned version.
+
+        A request that cannot be served (a text over the token limit without truncation, no
+        tuned rule) gets its error in its slot; the others are answered.
+        """
+        import time
+
         ref = self.ref()
         meta = self.meta(ref)
         enc = self.encoder_for(meta)
-        rule = rule or self.rule(meta)
-        if k is not None:
-            rule = Rule(rule.vote, "k", k, rule.threshold)
-        return self.classify_vectors(enc.embed(texts), ref, rule, with_text), ref, rule
-
-    def classify_vectors(self, vectors: np.ndarray, ref: Ref, rule: Rule, with_text: bool = False) -> list[Prediction]:
-        n_indexed = self.store.count(ref) if rule.size == "pct" else 0
-        k = min(rule.k(n_indexed), K_MAX)
-        hits = self.store.search(ref, vectors, k, with_text=with_text)
-        return [self._predict(h, rule, n_indexed) for h in hits]
+        plans: list[Rule | KnnclassError] = []
+        for req in requests:
+            try:
+                if not req.truncate:
+                    self.check_length(enc, req.texts)
+                plans.append((req.rule or self.rule(meta)).with_k(req.k))
+            except KnnclassError as e:
+                plans.append(e)
+        texts = [t for req, p in zip(requests, plans, strict=True) if isinstance(p, Rule) for t in req.texts]
+        t0 = time.perf_counter()
+        vecs = enc.embed(texts) if texts else np.zeros((0, enc.dim), dtype=np.float32)
+        t1 = time.perf_counter()
+        out: list[ClassifyResult | KnnclassError] = []
+        pos = 0
+        for req, plan in zip(requests, plans, strict=True):
+            if not isinstance(plan, Rule):
+                out.append(plan)
+                continue
+            part = vecs[pos : pos + len(req.texts)]
+            pos += len(req.texts)
+            out.append(ClassifyResult(self.classify_vectors(part, ref, plan, with_text, meta), ref, plan, enc.identity))
+        if timings is not None:
+            timings.encode_s, timings.search_s, timings.texts = t1 - t0, time.perf_counter() - t1, len(texts)
+        return out
 
     @staticmethod
-    def _predict(hits: Sequence[Hit], rule: Rule, n_indexed: int) -> Prediction:
-        nbs = [Neighbour(h.id, h.label, h.score) for h in hits]
-        d: Decision = decide(nbs, rule, n_indexed)
-        return Prediction(d.label, d.confidence, d.abstained, d.reason, nbs, d.votes)
+    def check_length(enc: Encoder, texts: Sequence[str], names: Sequence[str] | None = None) -> None:
+        """Refuse texts over the encoder's token limit (callers that asked not to truncate)."""
+        for i, n in enumerate(enc.count_tokens(texts)):
+            if n > enc.max_tokens:
+                what = names[i] if names else f"text {i}"
+                raise InputError(
+                    f"{what} has {n} tokens, over the encoder's limit of {enc.max_tokens}; "
+                    "shorten it or send truncate=true"
+                )
+
+    def classify_vectors(
+        self,
+        vectors: np.ndarray,
+        ref: Ref,
+        rule: Rule,
+        with_text: bool = False,
+        meta: CollectionMeta | None = None,
+    ) -> list[Prediction]:
+        """Search, vote, calibrate and decide for embedded tickets (the version's head when it serves)."""
+        meta = meta or self.meta(ref)
+        n_indexed = self.store.count(ref) if rule.size == "pct" else 0
+        k = min(rule.k(n_indexed), K_MAX)
+        width = max(k, 3)  # familiarity looks at the top 3 whatever k is
+        hits = self.store.search(ref, vectors, width, with_text=with_text) if len(vectors) else []
+        head = self._head(meta)
+        labels = sorted({h.label for row in hits for h in row} | set(head.labels if head else ()))
+        codes, scores = hits_to_arrays(hits, labels, width)
+        head_probs = None
+        if head is not None:
+            head_probs = np.zeros((len(vectors), len(labels)))
+            head_probs[:, [labels.index(lab) for lab in head.labels]] = head.probabilities(vectors)
+        policy = Policy.from_dict(meta.policy) if meta.policy else None
+        sc = score_rows(codes, scores, labels, rule, k, policy, head_probs)
+        out = []
+        for i, why in enumerate(reasons(sc, rule)):
+            guess = labels[sc.guess[i]] if sc.guess[i] >= 0 else None
+            order = np.argsort(-sc.dist[i], kind="stable")[:4]
+            alts = [(labels[j], float(sc.dist[i, j])) for j in order if j != sc.guess[i] and sc.dist[i, j] > 0][:3]
+            fam = float(sc.familiarity[i])
+            out.append(
+                Prediction(
+                    guess if why is None else None,
+                    float(sc.probability[i]),
+                    why is not None,
+                    why,
+                    [Neighbour(h.id, h.label, h.score) for h in hits[i][:k]],
+                    guess,
+                    fam if np.isfinite(fam) else None,
+                    alts,
+                    "head" if head is not None else "knn",
+                )
+            )
+        return out
+
+    def _head(self, meta: CollectionMeta) -> Head | None:
+        """The head this version serves, when promote chose one."""
+        task = meta.extra.get("head_task")
+        if not meta.head or task is None:
+            return None
+        from .jobs.head import cached_heads
+
+        return cached_heads(meta.head)[task]
 
     # --- tuning and evaluation ---------------------------------------------------------
     def loo_neighbours(
         self, ref: Ref, limit: int | None = None, batch_size: int = 512
     ) -> list[tuple[Example, list[Hit]]]:
         """Every stored example with its nearest neighbours, itself left out."""
+        return [(e, h) for e, h, _ in self._loo(ref, limit, batch_size)]
+
+    def _loo(
+        self, ref: Ref, limit: int | None = None, batch_size: int = 512, with_vectors: bool = False
+    ) -> list[tuple[Example, list[Hit], np.ndarray | None]]:
         n_indexed = self.store.count(ref)
         limit = min(limit or K_MAX, max(1, n_indexed - 1)) + 1
-        out: list[tuple[Example, list[Hit]]] = []
+        out: list[tuple[Example, list[Hit], np.ndarray | None]] = []
         for examples, vecs in self.store.scroll(ref, batch_size, with_vectors=True):
             assert vecs is not None
-            for e, row in zip(examples, self.store.search(ref, vecs, limit), strict=True):
-                out.append((e, [h for h in row if h.id != e.id][: limit - 1]))
+            for e, row, v in zip(examples, self.store.search(ref, vecs, limit), vecs, strict=True):
+                out.append((e, [h for h in row if h.id != e.id][: limit - 1], v if with_vectors else None))
         return out
 
-    def tune(self, validation: Sequence[Example] | None = None, unknown_label: str | None = None) -> TuningResult:
-        """Pick the rule (leave-one-out without `validation`) and stamp it on the collection."""
+    def tune(
+        self,
+        validation: Sequence[Example] | None = None,
+        unknown_label: str | None = None,
+        objective: Objective | None = None,
+    ) -> TuningResult:
+        """Pick and calibrate the rule (leave-one-out without `validation`); stamp it on the collection."""
         ref = self.ref()
         meta = self.meta(ref)
+        result = self.tune_version(ref, validation, unknown_label, objective, self._head(meta))
+        self.stamp(ref, result)
+        return result
+
+    def stamp(self, ref: Ref, result: TuningResult, **changes: Any) -> None:
+        """Store a tuning result (rule, summary, calibration policy) on version `ref`."""
+        policy = result.policy.to_dict() if result.policy else None
+        meta = self.meta(ref).with_(rule=result.best.rule.to_dict(), tuning=result.summary(), policy=policy)
+        self.store.set_meta(ref, meta.with_(**changes))
+
+    def tune_version(
+        self,
+        ref: Ref,
+        validation: Sequence[Example] | None,
+        unknown_label: str | None = None,
+        objective: Objective | None = None,
+        head: Head | None = None,
+    ) -> TuningResult:
+        """Tune version `ref` without stamping it: leave-one-out, or `validation` (embedded with its encoder).
+
+        The label's typical similarity (for familiarity) always comes from the stored
+        examples' own leave-one-out neighbours; with `head` its answers are calibrated.
+        """
         n_indexed = self.store.count(ref)
         if n_indexed < 2:
-            raise InputError(f"collection {self.collection!r} needs at least 2 examples to tune (has {n_indexed})")
+            raise InputError(f"collection {ref.name!r} needs at least 2 examples to tune (has {n_indexed})")
         if validation is None:
             if unknown_label is not None:
                 raise InputError("--unknown-label needs --validation (indexed examples are all in scope)")
-            pairs = self.loo_neighbours(ref)
-            truth, hits = [e.label for e, _ in pairs], [h for _, h in pairs]
+            loo = self._loo(ref, K_MAX, with_vectors=head is not None)
+            truth, hits = [e.label for e, _, _ in loo], [h for _, h, _ in loo]
+            vecs = [v for _, _, v in loo if v is not None]
             mode = "leave-one-out"
         else:
-            enc = self.encoder_for(meta)
+            loo = self._loo(ref, 10)
             truth = [e.label for e in validation]
-            limit = min(K_MAX, n_indexed)
-            hits = self.store.search(ref, enc.embed([e.text for e in validation]), limit)
+            arr = self.encoder_for(self.meta(ref)).embed([e.text for e in validation])
+            vecs = list(arr)
+            hits = self.store.search(ref, arr, min(K_MAX, n_indexed))
             _check_labels(truth, {h.label for row in hits for h in row}, unknown_label)
             mode = "validation"
-        result = tune_rule(truth, hits, n_indexed, unknown_label, mode)
-        self.store.set_meta(ref, meta.with_(rule=result.best.rule.to_dict(), tuning=result.summary()))
-        return result
+        typical = typical_similarity([e.label for e, _, _ in loo], [row for _, row, _ in loo])
+        head_rows = (head.labels, head.probabilities(np.stack(vecs))) if head is not None and vecs else None
+        return tune_rule(truth, hits, n_indexed, unknown_label, mode, typical, objective, head_rows)
 
     def evaluate(self, examples: Sequence[Example], unknown_label: str | None = None) -> dict[str, Any]:
-        preds, _, rule = self.classify([e.text for e in examples])
-        seen = {n.label for p in preds for n in p.neighbours} | {p.label for p in preds if p.label}
+        """Metrics of the served rule on labelled `examples` (see `metrics.evaluation_metrics`)."""
+        preds, ref, rule = self.classify([e.text for e in examples])
+        seen = {n.label for p in preds for n in p.neighbours} | {p.suggestion for p in preds if p.suggestion}
         _check_labels([e.label for e in examples], seen, unknown_label)
-        m = score_predictions([e.label for e in examples], [p.label for p in preds], unknown_label)
-        ref = self.ref()
+        m = evaluation_metrics([e.label for e in examples], preds, unknown_label)
         return {
             **m,
             "vote": rule.vote,
@@ -284,6 +462,8 @@ class Classifier:
             "k": rule.k(self.store.count(ref)),
             "percent": rule.value if rule.size == "pct" else None,
             "threshold": rule.threshold,
+            "novelty": rule.novelty,
+            "source": preds[0].source if preds else "knn",
             "collection": ref.name,
             "version": ref.version,
         }

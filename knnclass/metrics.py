@@ -5,7 +5,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["score_predictions"]
+import numpy as np
+
+__all__ = ["evaluation_metrics", "score_predictions"]
 
 
 def score_predictions(
@@ -64,3 +66,39 @@ def score_predictions(
         out["in_scope_accuracy"] = in_scope_right / in_scope if in_scope else 0.0
         out["unknown_recall"] = unknown_abstained / unknown if unknown else 0.0
     return out
+
+
+def evaluation_metrics(truth: Sequence[str], preds: Sequence[Any], unknown_label: str | None = None) -> dict[str, Any]:
+    """`score_predictions` plus what a triage policy needs, from predictions with abstentions.
+
+    coverage: share answered; answered_accuracy: right among answered (an answered unknown
+    row is wrong); guess_accuracy: the best guesses' accuracy on in-scope rows, abstentions
+    ignored; ece: calibration error of `confidence` for those guesses; reasons: abstentions
+    by reason; with `unknown_label` also auroc_unknown (low familiarity ranking unknown rows
+    first; None when the collection has no policy).
+    """
+    from .calibration import auroc, ece
+
+    m = score_predictions(truth, [p.label for p in preds], unknown_label)
+    answered = [p.label is not None for p in preds]
+    right = [p.label == t and t != unknown_label for p, t in zip(preds, truth, strict=True)]
+    in_scope = [t != unknown_label for t in truth]
+    guess_right = np.array([p.suggestion == t for p, t, s in zip(preds, truth, in_scope, strict=True) if s])
+    conf = np.array([p.confidence for p, s in zip(preds, in_scope, strict=True) if s])
+    n_answered = sum(answered)
+    reasons: dict[str, int] = {}
+    for p in preds:
+        if p.reason:
+            reasons[p.reason] = reasons.get(p.reason, 0) + 1
+    m.update(
+        coverage=n_answered / len(preds) if preds else 0.0,
+        answered_accuracy=sum(right) / n_answered if n_answered else 0.0,
+        guess_accuracy=float(guess_right.mean()) if len(guess_right) else 0.0,
+        ece=ece(conf, guess_right) if len(conf) else 0.0,
+        reasons=reasons,
+    )
+    if unknown_label is not None:
+        fam = [p.familiarity for p in preds]
+        ok = all(f is not None for f in fam)
+        m["auroc_unknown"] = auroc(-np.array(fam, dtype=np.float64), ~np.array(in_scope)) if ok else None
+    return m

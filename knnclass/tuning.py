@@ -1,18 +1,37 @@
-"""Choose the vote rule by validation: every (vote, size, threshold) candidate is scored."""
+"""Choose the vote rule, calibrate it and pick the operating point, all by validation.
+
+1. Every (vote, size) candidate is scored by the accuracy of its best guesses on the
+   in-scope rows; ties go to the simplest rule.
+2. For the chosen one a `Policy` is fitted: calibrated P(answer right) on in-scope rows and,
+   where validation holds unknown rows, P(in scope).
+3. The abstain thresholds (probability and familiarity) are set by the `Objective`.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 
+from .calibration import fit_calibration
+from .errors import InputError
 from .metrics import score_predictions
+from .policy import Policy, Scored, features, guesses, hits_to_arrays, score_rows
 from .store.base import Hit
-from .voting import Rule, k_for_percent, vote_batch
+from .voting import FEATURES, Rule, k_for_percent, vote_batch
 
-__all__ = ["K_GRID", "K_MAX", "PCT_GRID", "Candidate", "TuningResult", "hits_to_arrays", "tune_rule"]
+__all__ = [
+    "K_GRID",
+    "K_MAX",
+    "PCT_GRID",
+    "Candidate",
+    "Objective",
+    "TuningResult",
+    "hits_to_arrays",
+    "tune_rule",
+]
 
 K_GRID = (1, 2, 3, 4, 5, 7, 10, 15, 20, 30, 50)
 PCT_GRID = (0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
@@ -20,8 +39,46 @@ K_MAX = 256
 
 
 @dataclass(frozen=True)
+class Objective:
+    """Where to put the operating point.
+
+    By default, with unknown rows in validation: maximise in-scope accuracy x (1 - w) +
+    unknown recall x w with w = `unknown_weight` (unknown rows count as that share of
+    tickets however few validation holds); without them: the most accurate point, with the
+    novelty floor at the familiarity that `unknown_rate` of in-scope rows fall below.
+    `target_accuracy`: answered tickets reach it, coverage maximised.
+    `target_unknown_recall`: unknown rows abstained on at least that often, in-scope
+    accuracy maximised (needs unknown rows).
+    """
+
+    target_accuracy: float | None = None
+    target_unknown_recall: float | None = None
+    unknown_weight: float = 0.25
+    unknown_rate: float = 0.01
+
+    def __post_init__(self) -> None:
+        if self.target_accuracy is not None and self.target_unknown_recall is not None:
+            raise InputError("give at most one of target accuracy and target unknown recall")
+        for name in ("target_accuracy", "target_unknown_recall"):
+            v = getattr(self, name)
+            if v is not None and not 0 < v <= 1:
+                raise InputError(f"{name.replace('_', ' ')} must be in (0, 1], not {v}")
+        if not 0 < self.unknown_weight < 1:
+            raise InputError(f"unknown weight must be in (0, 1), not {self.unknown_weight}")
+        if not 0 <= self.unknown_rate < 1:
+            raise InputError(f"unknown rate must be in [0, 1), not {self.unknown_rate}")
+
+    def describe(self) -> str:
+        if self.target_accuracy is not None:
+            return f"answered accuracy >= {self.target_accuracy:g}, coverage maximised"
+        if self.target_unknown_recall is not None:
+            return f"unknown recall >= {self.target_unknown_recall:g}, in-scope accuracy maximised"
+        return f"balanced (unknown rows weigh {self.unknown_weight:g})"
+
+
+@dataclass(frozen=True)
 class Candidate:
-    """One scored rule; `score` is what tuning maximises (accuracy, abstentions included)."""
+    """One scored rule; `score` is the accuracy of its best guesses on in-scope rows."""
 
     rule: Rule
     k: int
@@ -44,21 +101,12 @@ class TuningResult:
     candidates: list[Candidate]
     mode: str
     n: int
+    policy: Policy | None = None
+    point: dict[str, Any] = field(default_factory=dict)
+    tradeoff: list[dict[str, Any]] = field(default_factory=list)
 
     def summary(self) -> dict[str, Any]:
-        return {"mode": self.mode, "n": self.n, "best": self.best.to_dict()}
-
-
-def hits_to_arrays(hits: Sequence[Sequence[Hit]], labels: list[str], width: int) -> tuple[np.ndarray, np.ndarray]:
-    """Label codes (-1 pads) and scores, (n, width), from search results."""
-    index = {lab: i for i, lab in enumerate(labels)}
-    codes = np.full((len(hits), width), -1, dtype=np.int64)
-    scores = np.zeros((len(hits), width), dtype=np.float64)
-    for i, row in enumerate(hits):
-        for j, h in enumerate(row[:width]):
-            codes[i, j] = index[h.label]
-            scores[i, j] = h.score
-    return codes, scores
+        return {"mode": self.mode, "n": self.n, "best": self.best.to_dict(), "point": self.point}
 
 
 def _size_grid(n_indexed: int) -> list[tuple[str, float, int]]:
@@ -70,48 +118,171 @@ def _size_grid(n_indexed: int) -> list[tuple[str, float, int]]:
     return grid
 
 
+def _curve(sc: Scored, eligible: np.ndarray, correct: np.ndarray, unknown: np.ndarray) -> dict[str, np.ndarray]:
+    """Every probability threshold at once: answering the eligible rows from the most probable down."""
+    idx = np.where(eligible)[0]
+    order = idx[np.argsort(-sc.probability[idx], kind="stable")]
+    p = sc.probability[order]
+    cut = np.r_[p[1:] != p[:-1], True] if len(p) else np.zeros(0, dtype=bool)
+    answered = np.r_[0, np.arange(1, len(p) + 1)[cut]]
+    right = np.r_[0, np.cumsum(correct[order])[cut]]
+    wrong_unknown = np.r_[0, np.cumsum(unknown[order])[cut]]
+    threshold = np.r_[1.0, p[cut]]
+    if len(threshold) > 1:
+        threshold[-1] = 0.0  # answering every eligible row: no probability floor
+    n, n_unknown = len(correct), int(unknown.sum())
+    n_known = n - n_unknown
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return {
+            "threshold": threshold,
+            "coverage": answered / max(n, 1),
+            "answered_accuracy": np.where(answered > 0, right / np.maximum(answered, 1), 1.0),
+            "in_scope_accuracy": right / max(n_known, 1),
+            "unknown_recall": 1.0 - wrong_unknown / max(n_unknown, 1) if n_unknown else np.full(len(answered), np.nan),
+        }
+
+
+def _choose(curve: dict[str, np.ndarray], objective: Objective, has_unknown: bool) -> tuple[int, float, bool]:
+    """Index of the chosen point on `curve`, its objective value, and whether a target was met."""
+    if objective.target_accuracy is not None:
+        ok = curve["answered_accuracy"] >= objective.target_accuracy - 1e-12
+        if ok.any():
+            value = np.where(ok, curve["coverage"], -1.0)
+            i = int(np.argmax(value))
+            return i, float(value[i]), True
+        i = int(np.argmax(curve["answered_accuracy"]))
+        return i, float(curve["coverage"][i]), False
+    if objective.target_unknown_recall is not None:
+        ok = curve["unknown_recall"] >= objective.target_unknown_recall - 1e-12
+        if ok.any():
+            value = np.where(ok, curve["in_scope_accuracy"], -1.0)
+            i = int(np.argmax(value))
+            return i, float(value[i]), True
+        i = int(np.nanargmax(curve["unknown_recall"]))
+        return i, float(curve["in_scope_accuracy"][i]), False
+    if has_unknown:
+        w = objective.unknown_weight
+        value = (1 - w) * curve["in_scope_accuracy"] + w * curve["unknown_recall"]
+    else:
+        value = curve["in_scope_accuracy"]
+    i = int(len(value) - 1 - np.argmax(value[::-1]))  # among equals, the lowest threshold
+    return i, float(value[i]), True
+
+
+def _point(curve: dict[str, np.ndarray], i: int, novelty: float | None) -> dict[str, Any]:
+    d: dict[str, Any] = {k: float(v[i]) for k, v in curve.items() if not np.isnan(v[i])}
+    d["novelty"] = novelty
+    return d
+
+
 def tune_rule(
     truth: Sequence[str],
     hits: Sequence[Sequence[Hit]],
     n_indexed: int,
     unknown_label: str | None = None,
     mode: str = "validation",
+    typical: tuple[dict[str, float], float] | None = None,
+    objective: Objective | None = None,
+    head: tuple[list[str], np.ndarray] | None = None,
 ) -> TuningResult:
     """Score every candidate rule on (truth, neighbours) pairs and pick the best.
 
     Ties in score go to higher macro-F1, then the smaller neighbourhood, then majority
-    over weighted: the simplest rule that is as good.
+    over weighted: the simplest rule that is as good. With `typical` (per-label typical
+    top-3 similarity, and overall) a calibration policy is fitted and the thresholds set by
+    `objective`; `head` = (labels, probabilities per row) calibrates a head's answers.
     """
-    labels = sorted({h.label for row in hits for h in row})
+    objective = objective or Objective()
+    labels = sorted({h.label for row in hits for h in row} | set(head[0] if head else ()))
     width = max((len(r) for r in hits), default=0)
     codes, scores = hits_to_arrays(hits, labels, width)
+    truth_arr = np.asarray(truth, dtype=object)
+    unknown = truth_arr == unknown_label if unknown_label is not None else np.zeros(len(truth), dtype=bool)
+    known = ~unknown
+    if not known.any():
+        raise InputError("nothing to tune: no in-scope rows")
+    head_probs = None
+    if head is not None:
+        cols = [labels.index(lab) for lab in head[0]]
+        head_probs = np.zeros((len(truth), len(labels)))
+        head_probs[:, cols] = head[1]
     candidates: list[Candidate] = []
     for size, value, k in _size_grid(n_indexed):
         for vote in ("majority", "weighted"):
-            winner, conf, _tie, _ = vote_batch(codes, scores, k, vote, max(1, len(labels)))
-            base = [labels[w] if w >= 0 else None for w in winner]
-            thresholds = [0.0]
-            if unknown_label is not None:
-                qs = np.unique(np.round(np.quantile(conf, np.linspace(0.0, 0.6, 25)), 4))
-                thresholds = sorted({0.0, *(float(q) for q in qs if 0 < q <= 1)})
-            for th in thresholds:
-                pred = [p if c >= th else None for p, c in zip(base, conf, strict=True)] if th > 0 else base
-                m = score_predictions(truth, pred, unknown_label)
-                rule = Rule(vote=vote, size=size, value=value, threshold=th)  # type: ignore[arg-type]
-                candidates.append(
-                    Candidate(rule, k, m["accuracy"], m["macro_f1"], m["abstain_rate"], m.get("unknown_recall"))
-                )
+            winner, _conf, _tie, _ = vote_batch(codes, scores, k, vote, max(1, len(labels)))
+            pred = [labels[w] if w >= 0 else None for w in winner]
+            m = score_predictions(
+                [t for t, u in zip(truth, unknown, strict=True) if not u],
+                [p for p, u in zip(pred, unknown, strict=True) if not u],
+            )
+            rule = Rule(vote=vote, size=size, value=value)  # type: ignore[arg-type]
+            candidates.append(Candidate(rule, k, m["accuracy"], m["macro_f1"], m["abstain_rate"]))
     if not candidates:
-        raise ValueError("nothing to tune: no examples")
+        raise InputError("nothing to tune: no examples")
     best = max(
         candidates,
-        key=lambda c: (
-            round(c.score, 9),
-            round(c.macro_f1, 9),
-            -c.k,
-            c.rule.vote == "majority",
-            c.rule.size == "k",
-            -c.rule.threshold,
-        ),
+        key=lambda c: (round(c.score, 9), round(c.macro_f1, 9), -c.k, c.rule.vote == "majority", c.rule.size == "k"),
     )
-    return TuningResult(best, candidates, mode, len(truth))
+    if typical is None:
+        return TuningResult(best, candidates, mode, len(truth))
+    policy, sc = _fit_policy(codes, scores, labels, best, truth_arr, unknown, typical, head_probs)
+    eligible = (sc.guess >= 0) & ~sc.tie
+    guess = np.array([labels[g] if g >= 0 else None for g in sc.guess], dtype=object)
+    correct = (guess == truth_arr) & known
+    fam_known = sc.familiarity[known & eligible]
+    has_unknown = bool(unknown.any())
+    if has_unknown:
+        qs = np.quantile(fam_known, [0, 0.001, 0.002, 0.005, *np.linspace(0.01, 0.6, 60)]) if len(fam_known) else []
+        floors: list[float | None] = [None, *sorted({float(q) for q in qs})]
+    else:
+        floors = [float(np.quantile(fam_known, objective.unknown_rate))] if objective.unknown_rate > 0 else [None]
+    if objective.target_unknown_recall is not None and not has_unknown:
+        raise InputError("a target unknown recall needs validation rows labelled with the --unknown-label")
+    chosen: tuple[float, int, float | None, dict[str, np.ndarray], bool] | None = None
+    for floor in floors:
+        ok = eligible if floor is None else eligible & (sc.familiarity >= floor)
+        curve = _curve(sc, ok, correct, unknown)
+        i, value, met = _choose(curve, objective, has_unknown)
+        key = (met, value)
+        if chosen is None or key > (chosen[4], chosen[0]):
+            chosen = (value, i, floor, curve, met)
+    assert chosen is not None
+    value, i, floor, curve, met = chosen
+    rule = replace(best.rule, threshold=float(curve["threshold"][i]), novelty=floor)
+    point = {**_point(curve, i, floor), "objective": objective.describe(), "target_met": met}
+    final = Candidate(
+        rule, best.k, best.score, best.macro_f1, 1.0 - float(curve["coverage"][i]), point.get("unknown_recall")
+    )
+    lo, hi = float(curve["coverage"][i]) - 0.15, float(curve["coverage"][i]) + 0.15
+    near = [j for j in range(len(curve["coverage"])) if lo <= curve["coverage"][j] <= hi]
+    step = max(1, len(near) // 8)
+    rows = sorted({*near[::step], i})
+    tradeoff = [{**_point(curve, j, floor), "chosen": j == i} for j in rows]
+    return TuningResult(final, candidates, mode, len(truth), policy, point, tradeoff)
+
+
+def _fit_policy(
+    codes: np.ndarray,
+    scores: np.ndarray,
+    labels: list[str],
+    best: Candidate,
+    truth: np.ndarray,
+    unknown: np.ndarray,
+    typical: tuple[dict[str, float], float],
+    head_probs: np.ndarray | None,
+) -> tuple[Policy, Scored]:
+    """Calibrate P(right) on in-scope rows (and P(in scope) where unknown rows exist)."""
+    per, overall = typical
+    guess, _tie, _raw, dist = guesses(codes, scores, len(labels), best.rule, best.k, head_probs)
+    x = features(codes, scores, best.k, guess, dist, labels, per, overall)
+    known = ~unknown
+    named = np.array([labels[g] if g >= 0 else None for g in guess], dtype=object)
+    right = (named == truth) & known
+    policy = Policy(
+        fit_calibration(x[known], right[known], FEATURES),
+        per,
+        overall,
+        fit_calibration(x, known, FEATURES) if unknown.any() else None,
+        "head" if head_probs is not None else "knn",
+    )
+    return policy, score_rows(codes, scores, labels, best.rule, best.k, policy, head_probs)

@@ -16,13 +16,18 @@ import numpy as np
 from .errors import InputError
 
 __all__ = [
+    "FEATURES",
     "Decision",
     "Neighbour",
     "Rule",
     "SizeMode",
     "VoteMode",
+    "best_guess",
     "decide",
     "k_for_percent",
+    "label_nearest",
+    "neighbourhood_features",
+    "shares",
     "vote_batch",
 ]
 
@@ -39,12 +44,18 @@ def k_for_percent(percent: float, n_indexed: int) -> int:
 
 @dataclass(frozen=True)
 class Rule:
-    """How neighbours become a label: vote mode, neighbourhood size and abstain threshold."""
+    """How neighbours become a label: vote mode, neighbourhood size and abstain thresholds.
+
+    `threshold` is the least confidence answered (calibrated where the collection has a
+    policy, else the vote share); `novelty` the least familiarity below which a ticket is
+    abstained on as unknown (None: never).
+    """
 
     vote: VoteMode = "majority"
     size: SizeMode = "k"
     value: float = 3
     threshold: float = 0.0
+    novelty: float | None = None
 
     def __post_init__(self) -> None:
         if self.vote not in ("majority", "weighted"):
@@ -57,6 +68,8 @@ class Rule:
             raise InputError(f"percent must be in (0, 100], not {self.value}")
         if not 0.0 <= self.threshold <= 1.0:
             raise InputError(f"threshold must be in [0, 1], not {self.threshold}")
+        if self.novelty is not None and not math.isfinite(self.novelty):
+            raise InputError(f"novelty must be a finite number or null, not {self.novelty}")
 
     def k(self, n_indexed: int) -> int:
         """Neighbours to consult when `n_indexed` examples are stored."""
@@ -66,14 +79,19 @@ class Rule:
 
     def describe(self) -> str:
         size = f"k={int(self.value)}" if self.size == "k" else f"top {self.value:g}%"
-        return f"{self.vote} {size} threshold={self.threshold:g}"
+        novelty = "" if self.novelty is None else f" novelty<{self.novelty:.4g}"
+        return f"{self.vote} {size} threshold={self.threshold:.4g}{novelty}"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Rule:
-        return cls(vote=d["vote"], size=d["size"], value=d["value"], threshold=d.get("threshold", 0.0))
+        return cls(d["vote"], d["size"], d["value"], d.get("threshold", 0.0), d.get("novelty"))
+
+    def with_k(self, k: int | None) -> Rule:
+        """The same rule over a fixed `k` neighbours (None: unchanged)."""
+        return self if k is None else Rule(self.vote, "k", k, self.threshold, self.novelty)
 
 
 @dataclass(frozen=True)
@@ -156,3 +174,75 @@ def decide(neighbours: Sequence[Neighbour], rule: Rule, n_indexed: int) -> Decis
     if c < rule.threshold:
         return Decision(None, c, True, "low_confidence", votes)
     return Decision(labels[int(winner[0])], c, False, None, votes)
+
+
+FEATURES = (
+    "p1",
+    "margin",
+    "winner_similarity",
+    "top1",
+    "top1_agrees",
+    "mean_similarity",
+    "label_nearest",
+    "familiarity",
+)
+"""What calibration sees of a neighbourhood (see `neighbourhood_features`)."""
+
+
+def shares(tally: np.ndarray) -> np.ndarray:
+    """Each label's share of the vote, (n, n_labels); rows without votes are all zero."""
+    total = tally.sum(axis=1, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(total > 0, tally / np.where(total > 0, total, 1.0), 0.0)
+
+
+def best_guess(tally: np.ndarray, codes: np.ndarray, scores: np.ndarray, k: int) -> np.ndarray:
+    """The label each row's vote leans to, ties broken by summed similarity, then label order."""
+    n, n_labels = tally.shape
+    codes, scores = codes[:, :k], scores[:, :k]
+    valid = codes >= 0
+    rows = np.repeat(np.arange(n), codes.shape[1]).reshape(codes.shape)
+    wsum = np.zeros((n, n_labels), dtype=np.float64)
+    np.add.at(wsum, (rows, np.where(valid, codes, 0)), np.where(valid, np.clip(scores, 0.0, None), 0.0))
+    top = tally.max(axis=1, keepdims=True)
+    return np.asarray(np.where(tally == top, wsum, -np.inf).argmax(axis=1))
+
+
+def neighbourhood_features(
+    codes: np.ndarray, scores: np.ndarray, k: int, guess: np.ndarray, dist: np.ndarray, typical: np.ndarray
+) -> np.ndarray:
+    """(n, len(FEATURES)) features of each row's neighbourhood for the answer `guess`.
+
+    dist: (n, n_labels) the answer's distribution (vote shares, or a head's probabilities):
+    p1 is the guess's share and margin its lead over the runner-up. The similarity features
+    are the winner's mean similarity among the top k, top-1 similarity and whether the top-1
+    neighbour agrees, the mean of the top k, and the mean similarity of the two nearest
+    neighbours with the guessed label; familiarity is that minus the label's typical value
+    (`typical`, per label code), so a ticket is judged against how tight its label usually is.
+    """
+    n = codes.shape[0]
+    idx = np.arange(n)
+    c, s = codes[:, :k], scores[:, :k].astype(np.float64)
+    valid = c >= 0
+    n_valid = np.maximum(valid.sum(axis=1), 1)
+    p1 = dist[idx, guess]
+    rest = dist.copy()
+    rest[idx, guess] = -np.inf
+    runner = rest.max(axis=1) if dist.shape[1] > 1 else np.zeros(n)
+    margin = p1 - np.where(np.isfinite(runner), runner, 0.0)
+    mine = valid & (c == guess[:, None])
+    winner_sim = np.where(mine.any(axis=1), (s * mine).sum(axis=1) / np.maximum(mine.sum(axis=1), 1), 0.0)
+    top1 = np.where(codes[:, 0] >= 0, scores[:, 0], 0.0)
+    agrees = (codes[:, 0] == guess).astype(np.float64)
+    mean_sim = (s * valid).sum(axis=1) / n_valid
+    near = label_nearest(codes, scores, guess)
+    familiarity = near - typical[guess]
+    return np.stack([p1, margin, winner_sim, top1, agrees, mean_sim, near, familiarity], axis=1)
+
+
+def label_nearest(codes: np.ndarray, scores: np.ndarray, label: np.ndarray, m: int = 2) -> np.ndarray:
+    """Mean similarity of each row's `m` nearest neighbours labelled `label[row]` (0 where none)."""
+    mine = (codes == label[:, None]) & (codes >= 0)
+    rank = np.cumsum(mine, axis=1)
+    take = mine & (rank <= m)
+    return np.asarray((scores * take).sum(axis=1) / np.maximum(take.sum(axis=1), 1))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,7 @@ from click.core import ParameterSource
 
 from ..data import is_blank, is_utf8, read_examples, read_texts
 from ..errors import InputError
+from ..tuning import Objective
 from ..voting import Rule
 from ._common import (
     INPUT_FILE,
@@ -132,6 +134,32 @@ def index(
 @text_col_option
 @label_col_option
 @label_map_option
+@click.option(
+    "--target-accuracy",
+    type=click.FloatRange(0, 1, min_open=True),
+    default=None,
+    help="Operating point: answered tickets reach this accuracy on validation, coverage maximised.",
+)
+@click.option(
+    "--target-unknown-recall",
+    type=click.FloatRange(0, 1, min_open=True),
+    default=None,
+    help="Operating point: abstain on at least this share of unknown rows (needs --unknown-label).",
+)
+@click.option(
+    "--unknown-weight",
+    type=click.FloatRange(0, 1, min_open=True, max_open=True),
+    default=0.25,
+    show_default=True,
+    help="Default objective: the share of tickets unknown rows count as, however few validation holds.",
+)
+@click.option(
+    "--unknown-rate",
+    type=click.FloatRange(0, 1, max_open=True),
+    default=0.01,
+    show_default=True,
+    help="Without unknown rows: the share of in-scope tickets the novelty floor may flag as unknown.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @store_options
 def tune(
@@ -140,10 +168,18 @@ def tune(
     text_col: str,
     label_col: str,
     label_map: Path | None,
+    target_accuracy: float | None,
+    target_unknown_recall: float | None,
+    unknown_weight: float,
+    unknown_rate: float,
     as_json: bool,
     **so: Any,
 ) -> None:
-    """Choose the vote rule (top-k / top-k%, majority / weighted, threshold) and store it."""
+    """Choose the vote rule, calibrate its confidence and set the abstain thresholds.
+
+    Prints the candidate rules, then the coverage / accuracy / unknown-recall trade-off
+    around the chosen operating point.
+    """
     if validation is None:
         ctx = click.get_current_context()
         given = [f"--{n.replace('_', '-')}" for n in ("text_col", "label_col", "label_map") if _given(ctx, n)]
@@ -154,22 +190,33 @@ def tune(
     mapping = _with_unknown(load_label_map(label_map), unknown_label)
     val = read_examples(validation, text_col, label_col, None, mapping) if validation else None
     clf = open_classifier(create=False, **so)
+    objective = Objective(target_accuracy, target_unknown_recall, unknown_weight, unknown_rate)
     with clf.store:
-        result = clf.tune(val, unknown_label)
+        result = clf.tune(val, unknown_label, objective)
     ranked = sorted(result.candidates, key=lambda c: -c.score)
     if as_json:
-        emit_json({**result.summary(), "candidates": [c.to_dict() for c in ranked]})
+        emit_json({**result.summary(), "tradeoff": result.tradeoff, "candidates": [c.to_dict() for c in ranked]})
         return
     click.echo(f"tuned on {result.n} examples ({result.mode}); {len(ranked)} candidates")
-    click.echo(f"{'vote':<9} {'size':<10} {'k':>4} {'threshold':>9} {'score':>7} {'macro_f1':>8} {'abstain':>7}")
+    click.echo(f"{'vote':<9} {'size':<10} {'k':>4} {'accuracy':>8} {'macro_f1':>8}")
     for c in ranked:
         size = f"k={int(c.rule.value)}" if c.rule.size == "k" else f"{c.rule.value:g}%"
-        mark = "  <- chosen" if c == result.best else ""
+        mark = "  <- chosen" if c.rule == replace(result.best.rule, threshold=0.0, novelty=None) else ""
+        click.echo(f"{c.rule.vote:<9} {size:<10} {c.k:>4} {c.score:>8.4f} {c.macro_f1:>8.4f}{mark}")
+    if result.tradeoff:
+        click.echo(f"operating point ({result.point['objective']}):")
         click.echo(
-            f"{c.rule.vote:<9} {size:<10} {c.k:>4} {c.rule.threshold:>9.3f} {c.score:>7.4f} "
-            f"{c.macro_f1:>8.4f} {c.abstain_rate:>7.3f}{mark}"
+            f"  {'threshold':>9} {'coverage':>8} {'answered_acc':>12} {'in_scope_acc':>12} {'unknown_recall':>14}"
         )
-    click.echo(f"chosen: {result.best.rule.describe()} (score {result.best.score:.4f})")
+        for row in result.tradeoff:
+            recall = f"{row['unknown_recall']:>14.4f}" if "unknown_recall" in row else f"{'-':>14}"
+            click.echo(
+                f"  {row['threshold']:>9.4f} {row['coverage']:>8.4f} {row['answered_accuracy']:>12.4f} "
+                f"{row['in_scope_accuracy']:>12.4f} {recall}{'  <- chosen' if row['chosen'] else ''}"
+            )
+        if not result.point.get("target_met", True):
+            click.echo("warning: the target is not reachable on this validation data; closest point chosen", err=True)
+    click.echo(f"chosen: {result.best.rule.describe()} (accuracy of guesses {result.best.score:.4f})")
 
 
 @click.command()
@@ -199,11 +246,15 @@ def evaluate(
         emit_json(m)
         return
     click.echo(
-        f"n={m['n']} accuracy={m['accuracy']:.4f} macro_f1={m['macro_f1']:.4f} abstain_rate={m['abstain_rate']:.4f}"
+        f"n={m['n']} accuracy={m['accuracy']:.4f} macro_f1={m['macro_f1']:.4f} coverage={m['coverage']:.4f} "
+        f"answered_accuracy={m['answered_accuracy']:.4f} ece={m['ece']:.4f}"
     )
-    click.echo(f"rule: {m['vote']} k={m['k']} threshold={m['threshold']:g}")
+    click.echo(f"rule: {m['vote']} k={m['k']} threshold={m['threshold']:g} ({m['source']})")
     if unknown_label:
-        click.echo(f"in_scope_accuracy={m['in_scope_accuracy']:.4f} unknown_recall={m['unknown_recall']:.4f}")
+        auc = "n/a" if m["auroc_unknown"] is None else f"{m['auroc_unknown']:.4f}"
+        click.echo(
+            f"in_scope_accuracy={m['in_scope_accuracy']:.4f} unknown_recall={m['unknown_recall']:.4f} auroc_unknown={auc}"
+        )
     worst = sorted(m["per_class"].items(), key=lambda kv: kv[1]["f1"])[:5]
     click.echo("weakest classes: " + ", ".join(f"{k} (f1 {v['f1']:.2f})" for k, v in worst))
 
@@ -241,10 +292,15 @@ def classify(
     if output:
         with output.open("w", newline="") as f:
             w = csv.writer(f)
-            w.writerow(["text", "label", "confidence", "abstained", "neighbours"])
+            w.writerow(
+                ["text", "label", "confidence", "abstained", "reason", "suggestion", "alternatives", "neighbours"]
+            )
             for t, p in zip(items, preds, strict=True):
                 nb = ";".join(f"{n.id}:{n.label}:{n.score:.4f}" for n in p.neighbours)
-                w.writerow([t, p.label or "", f"{p.confidence:.4f}", p.abstained, nb])
+                alts = ";".join(f"{lab}:{c:.4f}" for lab, c in p.alternatives)
+                w.writerow(
+                    [t, p.label or "", f"{p.confidence:.4f}", p.abstained, p.reason or "", p.suggestion or "", alts, nb]
+                )
     if as_json:
         emit_json(
             {
@@ -259,8 +315,9 @@ def classify(
         click.echo(f"wrote {len(preds)} predictions to {output}")
         return
     for t, p in zip(items, preds, strict=True):
-        label = p.label if not p.abstained else f"(abstained: {p.reason})"
-        click.echo(f"{label}  conf={p.confidence:.2f}  <- {t[:70]}")
+        label = p.label if not p.abstained else f"(abstained: {p.reason}; best guess {p.suggestion})"
+        alts = ", ".join(f"{lab} {c:.2f}" for lab, c in p.alternatives[:2])
+        click.echo(f"{label}  conf={p.confidence:.2f}{f'  (then {alts})' if alts else ''}  <- {t[:70]}")
         for n in p.neighbours[:3]:
             click.echo(f"    {n.score:.3f}  {n.label}  [{n.id[:24]}]")
 

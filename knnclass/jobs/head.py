@@ -17,7 +17,7 @@ import numpy as np
 
 from ..errors import InputError
 
-__all__ = ["Head", "classify_with_head", "load_heads", "save_heads"]
+__all__ = ["Head", "cached_heads", "load_heads", "save_heads"]
 
 HEADS_FILE = "heads.npz"
 
@@ -70,12 +70,16 @@ class Head:
             return np.asarray(h, dtype=np.float32)
         raise InputError(f"unknown head kind {self.kind!r}")
 
-    def predict(self, x: np.ndarray) -> tuple[list[str], np.ndarray]:
-        """Labels and softmax confidences for embeddings `x`."""
+    def probabilities(self, x: np.ndarray) -> np.ndarray:
+        """(n, len(labels)) softmax probabilities for embeddings `x`."""
         s = self.scores(x).astype(np.float64)
         s -= s.max(axis=1, keepdims=True)
         p = np.exp(s)
-        p /= p.sum(axis=1, keepdims=True)
+        return np.asarray(p / p.sum(axis=1, keepdims=True))
+
+    def predict(self, x: np.ndarray) -> tuple[list[str], np.ndarray]:
+        """Labels and softmax confidences for embeddings `x`."""
+        p = self.probabilities(x)
         best = p.argmax(axis=1)
         return [self.labels[i] for i in best], p[np.arange(len(best)), best]
 
@@ -155,36 +159,14 @@ def load_heads(path: str | Path) -> dict[str, Head]:
 _CACHE: dict[tuple[str, float], dict[str, Head]] = {}
 
 
-def _cached_heads(path: str) -> dict[str, Head]:
-    mtime = Path(path).stat().st_mtime
+def cached_heads(path: str) -> dict[str, Head]:
+    """`load_heads`, kept while the file is unchanged (the serving path reads it per batch)."""
+    try:
+        mtime = Path(path).stat().st_mtime
+    except OSError:
+        raise InputError(f"{path}: the head this collection version serves is missing") from None
     key = (path, mtime)
     if key not in _CACHE:
         _CACHE.clear()
         _CACHE[key] = load_heads(path)
     return _CACHE[key]
-
-
-def classify_with_head(clf: Any, texts: list[str]) -> tuple[list[Any], Any]:
-    """Classify with the collection's head when promote chose it, else the kNN vote.
-
-    Either way the answer carries the neighbours (found in the same pinned version) as
-    evidence. Returns (predictions, ref).
-    """
-    from ..classifier import Prediction
-
-    ref = clf.ref()
-    meta = clf.meta(ref)
-    rule = clf.rule(meta)
-    enc = clf.encoder_for(meta)
-    vecs = enc.embed(texts)
-    preds = clf.classify_vectors(vecs, ref, rule)
-    task = meta.extra.get("head_task")
-    if not meta.head or task is None:
-        return preds, ref
-    head = _cached_heads(meta.head)[task]
-    labels, conf = head.predict(vecs)
-    out = [
-        Prediction(lab, float(c), False, None, p.neighbours, p.votes)
-        for lab, c, p in zip(labels, conf, preds, strict=True)
-    ]
-    return out, ref

@@ -13,12 +13,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ..classifier import Classifier
 from ..data import Example, read_examples
 from ..encoders.base import Encoder
 from ..errors import InputError
 from ..metrics import score_predictions
 from ..store.base import CollectionMeta, Ref, Store
-from ..tuning import K_MAX, TuningResult, tune_rule
+from ..tuning import TuningResult
 from .finetune import read_run
 from .head import HEADS_FILE, load_heads
 
@@ -106,12 +107,11 @@ def promote(
             raise InputError(
                 f"{run_dir}: no head to serve (--rule head): the run has none whose labels cover the collection's"
             )
-        meta = store.get_meta(new).with_(rule=tuned.best.rule.to_dict(), tuning=tuned.summary())
+        changes: dict[str, Any] = {}
         if head_info and head_info["serve"]:
-            meta = meta.with_(
-                head=str((run_dir / HEADS_FILE).resolve()), extra={**meta.extra, "head_task": head_info["task"]}
-            )
-        store.set_meta(new, meta)
+            extra = {**store.get_meta(new).extra, "head_task": head_info["task"]}
+            changes = {"head": str((run_dir / HEADS_FILE).resolve()), "extra": extra}
+        Classifier(store, collection, encoder=encoder).stamp(new, tuned, **changes)
         store.switch(collection, new.version)
     except BaseException:
         store.drop_version(new)
@@ -132,34 +132,32 @@ def promote(
 def _retune(
     store: Store, ref: Ref, encoder: Encoder, run_dir: Path, labels: set[str], use_head: bool | None
 ) -> tuple[TuningResult, dict[str, Any] | None]:
-    """Vote rule on the run's validation split (leave-one-out without one); head vs kNN."""
-    n = store.count(ref)
+    """Rule and calibration on the run's validation split (leave-one-out without one); head vs kNN."""
+    clf = Classifier(store, ref.name, encoder=encoder)
     val = _validation_for(run_dir, labels)
     if val is None:
-        from ..classifier import Classifier
-
-        pairs = Classifier(store, ref.name).loo_neighbours(ref)
-        return tune_rule([e.label for e, _ in pairs], [h for _, h in pairs], n, None, "leave-one-out"), None
+        return clf.tune_version(ref, None), None
     task, exs = val
     exs = [e for e in exs if e.label in labels]
-    vecs = encoder.embed([e.text for e in exs])
-    hits = store.search(ref, vecs, min(K_MAX, n))
-    tuned = tune_rule([e.label for e in exs], hits, n, None, "validation")
+    tuned = clf.tune_version(ref, exs)
     heads_path = run_dir / HEADS_FILE
     if not heads_path.exists():
         return tuned, None
     heads = load_heads(heads_path)
     if task not in heads or not labels <= set(heads[task].labels):
         return tuned, None
-    pred, _ = heads[task].predict(vecs)
+    pred, _ = heads[task].predict(encoder.embed([e.text for e in exs]))
     head_acc = float(score_predictions([e.label for e in exs], list(pred))["accuracy"])
     serve = head_acc > tuned.best.score if use_head is None else use_head
-    return tuned, {
+    info = {
         "task": task,
         "head_accuracy": round(head_acc, 5),
         "knn_accuracy": round(tuned.best.score, 5),
         "serve": serve,
     }
+    if serve:  # the head's answers, calibrated on the same rows
+        tuned = clf.tune_version(ref, exs, head=heads[task])
+    return tuned, info
 
 
 def rollback(store: Store, collection: str) -> dict[str, str]:

@@ -18,12 +18,12 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .._cpu import usable_cpus
-from ..classifier import Classifier
+from ..classifier import Classifier, ClassifyRequest
 from ..data import Example, example_id
 from ..errors import InputError, KnnclassError
 from ..voting import Rule
 from .engine import Engine
-from .schemas import ClassifyRequest, ClassifyResponse, ErrorBody, ExamplesRequest, RelabelRequest
+from .schemas import ClassifyBody, ClassifyResponse, ErrorBody, ExamplesRequest, RelabelRequest
 
 __all__ = ["ServiceSettings", "create_app"]
 
@@ -356,15 +356,15 @@ def create_app(classifier: Classifier, settings: ServiceSettings | None = None) 
         tags=["classify"],
         dependencies=[Depends(require_read)],
     )
-    async def classify(body: ClassifyRequest) -> dict[str, Any]:
+    async def classify(body: ClassifyBody) -> dict[str, Any]:
         rule = Rule(**body.rule.model_dump()) if body.rule else None
-        preds, ref, used, encoder = await engine.classify(body.all_texts(), rule, body.k, body.truncate)
+        res = await engine.classify(ClassifyRequest(body.all_texts(), rule, body.k, body.truncate))
         return {
-            "predictions": [p.to_dict(body.include_neighbours) for p in preds],
-            "collection": ref.name,
-            "version": ref.version,
-            "encoder": encoder,
-            "rule": used.to_dict(),
+            "predictions": [p.to_dict(body.include_neighbours) for p in res.predictions],
+            "collection": res.ref.name,
+            "version": res.ref.version,
+            "encoder": res.encoder,
+            "rule": res.rule.to_dict(),
         }
 
     # --- examples ----------------------------------------------------------------------------

@@ -16,28 +16,17 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from ..classifier import Classifier, Prediction
+from ..classifier import BatchTimings, Classifier, ClassifyRequest, ClassifyResult
 from ..data import Example
-from ..errors import InputError
-from ..store.base import Ref
-from ..voting import Rule
+from ..errors import KnnclassError
 
-__all__ = ["ClassifyJob", "Engine", "Timings"]
+__all__ = ["ClassifyJob", "Engine"]
 
 
 @dataclass
 class ClassifyJob:
-    texts: list[str]
-    rule: Rule | None
-    k: int | None
-    truncate: bool
-    future: asyncio.Future[tuple[list[Prediction], Ref, Rule, str]]
-
-
-@dataclass
-class Timings:
-    encode_s: float = 0.0
-    search_s: float = 0.0
+    request: ClassifyRequest
+    future: asyncio.Future[ClassifyResult]
 
 
 class Engine:
@@ -51,7 +40,6 @@ class Engine:
         self._write = ThreadPoolExecutor(1, thread_name_prefix="knnclass-write")
         self._queue: asyncio.Queue[ClassifyJob] | None = None
         self._task: asyncio.Task[None] | None = None
-        self.last = Timings()
         self.observe: Any = None  # callable(encode_s, search_s, batch_texts) set by the app
 
     async def start(self) -> None:
@@ -67,12 +55,10 @@ class Engine:
         self._write.shutdown(wait=True)
 
     # --- classify ------------------------------------------------------------------------
-    async def classify(
-        self, texts: list[str], rule: Rule | None, k: int | None, truncate: bool
-    ) -> tuple[list[Prediction], Ref, Rule, str]:
+    async def classify(self, request: ClassifyRequest) -> ClassifyResult:
         assert self._queue is not None, "engine not started"
-        fut: asyncio.Future[tuple[list[Prediction], Ref, Rule, str]] = asyncio.get_running_loop().create_future()
-        await self._queue.put(ClassifyJob(texts, rule, k, truncate, fut))
+        fut: asyncio.Future[ClassifyResult] = asyncio.get_running_loop().create_future()
+        await self._queue.put(ClassifyJob(request, fut))
         return await fut
 
     async def _loop(self) -> None:
@@ -80,7 +66,7 @@ class Engine:
         loop = asyncio.get_running_loop()
         while True:
             jobs = [await self._queue.get()]
-            n = len(jobs[0].texts)
+            n = len(jobs[0].request.texts)
             deadline = time.perf_counter() + self.wait_s
             while n < self.max_batch:
                 if not self._queue.empty():
@@ -93,7 +79,7 @@ class Engine:
                 else:
                     break
                 jobs.append(job)
-                n += len(job.texts)
+                n += len(job.request.texts)
             try:
                 results = await loop.run_in_executor(self._read, self._run_batch, jobs)
             except Exception as e:  # delivered to every waiting request
@@ -108,49 +94,11 @@ class Engine:
                     else:
                         j.future.set_result(r)
 
-    def _run_batch(self, jobs: Sequence[ClassifyJob]) -> list[Any]:
-        clf = self.clf
-        ref = clf.ref()
-        meta = clf.meta(ref)
-        enc = clf.encoder_for(meta)
-        out: list[Any] = []
-        ok: list[ClassifyJob] = []
-        for j in jobs:
-            try:
-                if not j.truncate:
-                    for i, n in enumerate(enc.count_tokens(j.texts)):
-                        if n > enc.max_tokens:
-                            raise InputError(
-                                f"text {i} has {n} tokens, over the encoder's limit of {enc.max_tokens}; "
-                                "shorten it or send truncate=true"
-                            )
-                rule = j.rule or clf.rule(meta)
-                if j.k is not None:
-                    rule = Rule(rule.vote, "k", j.k, rule.threshold)
-                out.append(rule)
-                ok.append(j)
-            except Exception as e:
-                out.append(e)
-        texts = [t for j in ok for t in j.texts]
-        t0 = time.perf_counter()
-        vecs = enc.embed(texts) if texts else None
-        t1 = time.perf_counter()
-        pos = 0
-        results: list[Any] = []
-        for j, r in zip(jobs, out, strict=True):
-            if isinstance(r, Exception):
-                results.append(r)
-                continue
-            assert vecs is not None
-            part = vecs[pos : pos + len(j.texts)]
-            pos += len(j.texts)
-            try:
-                results.append((clf.classify_vectors(part, ref, r), ref, r, enc.identity))
-            except Exception as e:
-                results.append(e)
-        t2 = time.perf_counter()
+    def _run_batch(self, jobs: Sequence[ClassifyJob]) -> list[ClassifyResult | KnnclassError]:
+        timings = BatchTimings()
+        results = self.clf.classify_batch([j.request for j in jobs], timings=timings)
         if self.observe is not None:
-            self.observe(t1 - t0, t2 - t1, len(texts))
+            self.observe(timings.encode_s, timings.search_s, timings.texts)
         return results
 
     # --- writes ----------------------------------------------------------------------------
@@ -162,14 +110,4 @@ class Engine:
         return await asyncio.get_running_loop().run_in_executor(self._read, fn, *args)
 
     def add_examples(self, examples: Sequence[Example], truncate: bool) -> None:
-        clf = self.clf
-        ref = clf.ref()
-        enc = clf.encoder_for(clf.meta(ref))
-        if not truncate:
-            for e, n in zip(examples, enc.count_tokens([e.text for e in examples]), strict=True):
-                if n > enc.max_tokens:
-                    raise InputError(
-                        f"example {e.id!r} has {n} tokens, over the encoder's limit of {enc.max_tokens}; "
-                        "shorten it or send truncate=true"
-                    )
-        clf.add(examples, ref)
+        self.clf.add(examples, truncate=truncate)

@@ -10,7 +10,7 @@ from ..data import is_blank, is_utf8
 
 __all__ = [
     "MAX_TEXTS",
-    "ClassifyRequest",
+    "ClassifyBody",
     "ClassifyResponse",
     "ErrorBody",
     "ExampleIn",
@@ -39,9 +39,10 @@ class RuleIn(_Strict):
     size: Literal["k", "pct"] = "k"
     value: StrictInt | StrictFloat = Field(3, gt=0, le=100_000)
     threshold: StrictInt | StrictFloat = Field(0.0, ge=0, le=1)
+    novelty: StrictInt | StrictFloat | None = Field(None, ge=-1e6, le=1e6)
 
 
-class ClassifyRequest(_Strict):
+class ClassifyBody(_Strict):
     text: StrictStr | None = None
     texts: list[StrictStr] | None = Field(None, min_length=1, max_length=MAX_TEXTS)
     k: StrictInt | None = Field(None, ge=1, le=256)
@@ -50,7 +51,7 @@ class ClassifyRequest(_Strict):
     truncate: StrictBool = False
 
     @model_validator(mode="after")
-    def _one_of(self) -> ClassifyRequest:
+    def _one_of(self) -> ClassifyBody:
         if (self.text is None) == (self.texts is None):
             raise ValueError("give exactly one of 'text' or 'texts'")
         for t in self.all_texts():
@@ -69,11 +70,20 @@ class NeighbourOut(BaseModel):
     score: float
 
 
+class AlternativeOut(BaseModel):
+    label: str
+    confidence: float
+
+
 class PredictionOut(BaseModel):
     label: str | None
     confidence: float
     abstained: bool
     reason: str | None = None
+    suggestion: str | None = None
+    familiarity: float | None = None
+    alternatives: list[AlternativeOut] = []
+    source: str = "knn"
     neighbours: list[NeighbourOut] | None = None
 
 

@@ -69,7 +69,7 @@ class Ref:
 
 @dataclass(frozen=True)
 class CollectionMeta:
-    """What a collection version carries: the encoder stamp and the tuned rule."""
+    """What a collection version carries: the encoder stamp, the tuned rule and its calibration."""
 
     encoder: str
     encoder_source: str
@@ -78,6 +78,7 @@ class CollectionMeta:
     tuning: dict[str, Any] | None = None
     head: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    policy: dict[str, Any] | None = None  # knnclass.policy.Policy.to_dict(): calibration + familiarity
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -86,7 +87,7 @@ class CollectionMeta:
     def from_dict(cls, d: dict[str, Any]) -> CollectionMeta:
         return cls(
             **{k: d[k] for k in ("encoder", "encoder_source", "dim") if k in d},
-            **{k: d[k] for k in ("rule", "tuning", "head", "extra") if k in d},
+            **{k: d[k] for k in ("rule", "tuning", "head", "extra", "policy") if k in d},
         )
 
     def with_(self, **changes: Any) -> CollectionMeta:

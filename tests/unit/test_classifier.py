@@ -77,16 +77,19 @@ def test_rule_and_k_overrides(clf: Classifier) -> None:
     assert len(preds[0].neighbours) == 18
 
 
-def test_tune_on_validation_with_unknown_label_learns_a_threshold(clf: Classifier) -> None:
+def test_tune_on_validation_with_unknown_label_learns_a_novelty_floor(clf: Classifier) -> None:
     val = [Example(f"v{i}", f"{t} again {i}", t) for i, t in enumerate(TOPICS * 4)]
     val += [Example(f"u{i}", f"completely unrelated question number {i}", "OOS") for i in range(12)]
     result = clf.tune(val, unknown_label="OOS")
-    assert result.best.rule.threshold > 0
+    assert result.best.rule.novelty is not None and result.policy is not None and result.policy.known is not None
     assert result.best.unknown_recall is not None and result.best.unknown_recall > 0.5
     m = clf.evaluate(val, unknown_label="OOS")
-    assert m["in_scope_accuracy"] > 0.9 and m["unknown_recall"] > 0.5
-    assert 0 < m["abstain_rate"] < 1
-    assert m["threshold"] == result.best.rule.threshold
+    assert m["in_scope_accuracy"] > 0.9 and m["unknown_recall"] > 0.5 and m["auroc_unknown"] > 0.9
+    assert 0 < m["abstain_rate"] < 1 and m["reasons"].get("unknown", 0) >= 6
+    assert (m["threshold"], m["novelty"]) == (result.best.rule.threshold, result.best.rule.novelty)
+    # abstained answers keep their best guess and its probability
+    p = clf.classify(["completely unrelated question number 3"])[0][0]
+    assert p.abstained and p.reason == "unknown" and p.label is None and p.suggestion in TOPICS
 
 
 def test_scoring_a_file_that_cannot_match_the_collection_is_refused(clf: Classifier) -> None:

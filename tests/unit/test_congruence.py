@@ -114,7 +114,13 @@ def test_backends_give_identical_results(tmp_path: Path) -> None:
     edge = _run_classifier("edge", tmp_path)
     server = _run_classifier("server", tmp_path)
     assert edge[2] == server[2] == 60
-    assert edge[1] == server[1]  # same tuned rule and scores
+    # same tuned rule and scores (the backends' similarities agree to float32 rounding)
+    assert edge[1].keys() == server[1].keys()
+    for key, value in edge[1].items():
+        if isinstance(value, float):
+            assert value == pytest.approx(server[1][key], rel=1e-5, abs=1e-6), key
+        else:
+            assert value == server[1][key], key
     assert edge[0] == server[0]  # same labels and the same neighbour ids in the same order
 
 

@@ -25,7 +25,7 @@ from knnclass.jobs.finetune import (
     load_tasks,
     split_validation,
 )
-from knnclass.jobs.head import Head, classify_with_head, load_heads, save_heads
+from knnclass.jobs.head import Head, load_heads, save_heads
 from knnclass.jobs.reindex import promote, prune, rollback
 from knnclass.store.base import CollectionMeta, Ref
 from knnclass.store.edge import EdgeStore
@@ -168,9 +168,14 @@ def test_promote_rollback_prune(tmp_path: Path) -> None:
     meta = st.get_meta(st.ref("tickets"))
     assert meta.encoder == enc_b.identity and meta.dim == 24 and meta.rule and meta.head
     new = Classifier(st, "tickets", encoder=enc_b)
-    preds, ref = classify_with_head(new, ["my card is lost", "pin reset"])
-    assert ref.version == "v2" and [p.label for p in preds] == ["card", "pin"]
+    texts = ["my card is lost", "pin reset"]
+    preds, ref, _ = new.classify(texts)
+    assert ref.version == "v2" and [p.suggestion for p in preds] == ["card", "pin"]
+    assert all(p.source == "head" for p in preds)
     assert preds[0].neighbours and preds[0].neighbours[0].label == "card"
+    # the served answers are the head's own: the same labels as the head file predicts
+    head = load_heads(run / "heads.npz")["category"]
+    assert [p.suggestion for p in preds] == head.predict(enc_b.embed(texts))[0]
     # the old version is untouched and still searchable by a reader pinned to it
     assert st.count(Ref("tickets", "v1")) == 24 and st.get_meta(Ref("tickets", "v1")).encoder == enc_a.identity
     assert rollback(st, "tickets") == {"collection": "tickets", "from": "v2", "to": "v1"}

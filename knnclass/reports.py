@@ -11,16 +11,17 @@ from typing import Any
 
 import numpy as np
 
+from .calibration import reliability_bins
 from .classifier import Classifier
 from .data import Example
 from .errors import DependencyError, ExampleNotFoundError, InputError
-from .metrics import score_predictions
+from .metrics import evaluation_metrics
 from .tuning import K_GRID, K_MAX, PCT_GRID, hits_to_arrays
 from .voting import k_for_percent, vote_batch
 
 __all__ = ["REPORT_FILES", "Suspect", "apply_relabels", "drift", "find_duplicates", "find_suspects", "write_report"]
 
-REPORT_FILES = ("report.md", "confusions.png", "accuracy_vs_k.png", "confidence.png", "threshold.png")
+REPORT_FILES = ("report.md", "confusions.png", "accuracy_vs_k.png", "reliability.png", "coverage_accuracy.png")
 
 
 @dataclass(frozen=True)
@@ -176,10 +177,11 @@ def write_report(
     labels = sorted({h.label for row in hits for h in row} | set(truth))
     codes, scores = hits_to_arrays(hits, labels, max(len(r) for r in hits))
     k = min(rule.k(n_indexed), K_MAX)
-    win, conf, _, _ = vote_batch(codes, scores, k, rule.vote, len(labels))
-    base = [labels[w] if w >= 0 else None for w in win]
-    pred = [p if c >= rule.threshold else None for p, c in zip(base, conf, strict=True)]
-    m = score_predictions(truth, pred)
+    preds, _, _ = clf.classify([e.text for e in examples])  # what serving answers: calibrated, head included
+    pred = [p.label for p in preds]
+    base = [p.suggestion for p in preds]
+    conf = np.array([p.confidence for p in preds])
+    m = evaluation_metrics(truth, preds)
     files: dict[str, str] = {}
 
     # confusions: the most frequent (true -> predicted) mistakes, readable for 77+ classes
@@ -222,38 +224,38 @@ def write_report(
     plt.close(fig)
     files["accuracy_vs_k"] = "accuracy_vs_k.png"
 
-    # confidence histogram, right vs wrong
+    # reliability diagram: is a 0.8 answer right 80 % of the time?
     right = np.array([b == t for b, t in zip(base, truth, strict=True)])
-    fig, ax = plt.subplots(figsize=(8, 5))
-    bins = np.linspace(0, 1, 21)
-    ax.hist(conf[right], bins=bins, alpha=0.7, label="correct", color="#4f81bd")
-    ax.hist(conf[~right], bins=bins, alpha=0.7, label="wrong", color="#c0504d")
-    ax.set_xlabel("vote confidence")
-    ax.set_ylabel("test tickets")
-    ax.set_title("Confidence of correct and wrong predictions")
-    ax.legend()
+    fig, ax = plt.subplots(figsize=(6.5, 6))
+    bins = reliability_bins(conf, right)
+    ax.plot([0, 1], [0, 1], color="grey", linestyle=":", label="perfect calibration")
+    ax.plot([q[1] for q in bins], [q[2] for q in bins], marker="o", label="test tickets")
+    for _, c, a, n in bins:
+        ax.annotate(str(n), (c, a), textcoords="offset points", xytext=(4, -10), fontsize=7, color="grey")
+    ax.set_xlabel("confidence (probability the best guess is right)")
+    ax.set_ylabel("share right")
+    ax.set_title(f"Reliability diagram (ECE {m['ece']:.4f})")
+    ax.legend(loc="upper left")
     fig.tight_layout()
-    fig.savefig(out / "confidence.png", dpi=110)
+    fig.savefig(out / "reliability.png", dpi=110)
     plt.close(fig)
-    files["confidence"] = "confidence.png"
+    files["reliability"] = "reliability.png"
 
-    # precision / coverage vs abstain threshold, chosen operating point marked
-    ths = np.linspace(0, 1, 41)
-    prec = [float(np.mean(right[conf >= th])) if np.any(conf >= th) else np.nan for th in ths]
-    cover = [float(np.mean(conf >= th)) for th in ths]
+    # coverage vs answered accuracy, answering the most confident first; the served point marked
+    order = np.argsort(-conf, kind="stable")
+    cover = np.arange(1, len(order) + 1) / len(order)
+    acc_curve = np.cumsum(right[order]) / np.arange(1, len(order) + 1)
     fig, ax = plt.subplots(figsize=(8, 5))
-    ax.plot(ths, prec, label="precision of answered tickets")
-    ax.plot(ths, cover, label="share answered (recall of answers)")
-    chosen_p = float(np.mean(right[conf >= rule.threshold])) if np.any(conf >= rule.threshold) else np.nan
-    ax.scatter([rule.threshold], [chosen_p], color="black", zorder=5, label=f"chosen threshold {rule.threshold:.2f}")
-    ax.set_xlabel("abstain below this confidence")
-    ax.set_ylim(0, 1.02)
-    ax.set_title("Precision and coverage vs abstain threshold")
+    ax.plot(cover, acc_curve, label="answer the most confident share")
+    ax.scatter([m["coverage"]], [m["answered_accuracy"]], color="black", zorder=5, label=f"served: {rule.describe()}")
+    ax.set_xlabel("coverage (share of tickets answered)")
+    ax.set_ylabel("accuracy of answered tickets")
+    ax.set_title("Coverage vs answered accuracy")
     ax.legend(loc="lower left")
     fig.tight_layout()
-    fig.savefig(out / "threshold.png", dpi=110)
+    fig.savefig(out / "coverage_accuracy.png", dpi=110)
     plt.close(fig)
-    files["threshold"] = "threshold.png"
+    files["coverage_accuracy"] = "coverage_accuracy.png"
 
     binary = None
     if positive_label is None and len(set(truth)) == 2 and "urgent" in truth:
@@ -291,7 +293,8 @@ def write_report(
         "",
         f"Rule: {rule.describe()} (k={k}); encoder `{meta.encoder}`; {n_indexed} indexed; {len(truth)} test tickets.",
         "",
-        f"**Accuracy {m['accuracy']:.4f}**, macro-F1 {m['macro_f1']:.4f}, abstain rate {m['abstain_rate']:.4f}.",
+        f"**Accuracy {m['accuracy']:.4f}**, macro-F1 {m['macro_f1']:.4f}, coverage {m['coverage']:.4f}, "
+        f"answered accuracy {m['answered_accuracy']:.4f}, ECE {m['ece']:.4f}.",
         "",
     ]
     md += [f"![{name}]({f})" for name, f in files.items()]
@@ -309,6 +312,9 @@ def write_report(
     return {
         "accuracy": m["accuracy"],
         "macro_f1": m["macro_f1"],
+        "coverage": m["coverage"],
+        "answered_accuracy": m["answered_accuracy"],
+        "ece": m["ece"],
         "k": k,
         "files": ["report.md", *files.values()],
         "binary": binary,

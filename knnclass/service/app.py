@@ -352,7 +352,7 @@ def create_app(classifier: Classifier, settings: ServiceSettings | None = None) 
     @app.post(
         "/v1/classify",
         response_model=ClassifyResponse,
-        response_model_exclude_none=True,
+        response_model_exclude_unset=True,  # an absent key stays absent (neighbours); a null label stays null
         tags=["classify"],
         dependencies=[Depends(require_read)],
     )

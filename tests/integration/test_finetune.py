@@ -224,3 +224,42 @@ def test_cli_finetune_compare_promote_rollback_prune(
     assert "v2 -> v1" in r.invoke(cli, ["rollback", *store]).output
     assert "dropped v2" in r.invoke(cli, ["prune", *store]).output
     assert r.invoke(cli, ["rollback", *store]).exit_code != 0
+
+
+def test_promoted_transfer_head_serves_its_own_accuracy(
+    tiny: tuple[TaskSet, TaskSet], tmp_path: Path, encoder_cache: Path
+) -> None:
+    """promote --rule head: classify / evaluate answer with the head, calibrated, with neighbours as evidence."""
+    from click.testing import CliRunner
+
+    from knnclass.cli import cli
+
+    train, val = tiny
+    train.write_csv(tmp_path / "train.csv")
+    val.write_csv(tmp_path / "val.csv")
+    r = CliRunner()
+    store = ["--store", str(tmp_path / "store")]
+    assert r.invoke(cli, ["index", str(tmp_path / "train.csv"), *store]).exit_code == 0
+    assert r.invoke(cli, ["tune", *store]).exit_code == 0
+    run = tmp_path / "run"
+    args = ["finetune", str(tmp_path / "train.csv"), "--strategy", "transfer", "--classifier", "logreg"]
+    res = r.invoke(cli, [*args, "--validation", str(tmp_path / "val.csv"), "--out", str(run)])
+    assert res.exit_code == 0, res.output
+    head_accuracy = json.loads((run / "run.json").read_text())["validation"]["category"]["head"]["accuracy"]
+    res = r.invoke(cli, ["promote", str(run), "--rule", "head", *store])
+    assert res.exit_code == 0 and "serving head" in res.output, res.output
+    res = r.invoke(cli, ["evaluate", str(tmp_path / "val.csv"), "--json", *store])
+    assert res.exit_code == 0, res.output
+    m = json.loads(res.stdout)
+    assert m["source"] == "head" and m["guess_accuracy"] == pytest.approx(head_accuracy, abs=1e-5)  # run.json rounds
+    # every served suggestion is the head's own prediction
+    heads = load_heads(run / "heads.npz")
+    from knnclass.encoders import load_encoder
+
+    vecs = load_encoder().embed(val.texts)
+    assert heads["category"].predict(vecs)[0] == [
+        p["suggestion"]
+        for p in json.loads(r.invoke(cli, ["classify", *val.texts, "--json", *store]).stdout)["predictions"]
+    ]
+    p = json.loads(r.invoke(cli, ["classify", "my card has not arrived", "--json", *store]).stdout)["predictions"][0]
+    assert p["source"] == "head" and p["neighbours"] and 0 < p["confidence"] <= 1

@@ -58,6 +58,17 @@ def test_classify_single_and_batch(client: TestClient) -> None:
     assert [p["label"] for p in preds] == ["pin", "transfer"] and "neighbours" not in preds[0]
 
 
+def test_answers_carry_probability_suggestion_and_alternatives(client: TestClient) -> None:
+    p = client.post("/v1/classify", json={"text": "pin reset", "k": 7}).json()["predictions"][0]
+    assert p["suggestion"] == p["label"] == "pin" and p["source"] == "knn" and 0 < p["confidence"] <= 1
+    assert isinstance(p["familiarity"], float)
+    assert all(a["label"] != "pin" and 0 <= a["confidence"] <= 1 - p["confidence"] + 1e-6 for a in p["alternatives"])
+    # a novelty floor above everything: abstained as unknown, the best guess kept
+    rule = {"vote": "majority", "size": "k", "value": 3, "novelty": 1e5}
+    p = client.post("/v1/classify", json={"text": "pin reset", "rule": rule}).json()["predictions"][0]
+    assert p["abstained"] and p["reason"] == "unknown" and p["label"] is None and p["suggestion"] == "pin"
+
+
 def test_rule_and_k_override(client: TestClient) -> None:
     d = client.post("/v1/classify", json={"text": "card", "k": 7}).json()
     assert len(d["predictions"][0]["neighbours"]) == 7 and d["rule"]["value"] == 7

@@ -1,0 +1,201 @@
+"""Trustworthy decisions on Banking77, through the CLI: open-set, operating points, calibration.
+
+Open set: 25 % of the intents (seeded) are held out of the index; their rows are the
+`unknown` label in validation (carved from train) and test. Reported: known-intent accuracy,
+unknown recall and AUROC with the default objective (validation with unknown rows), and
+without any unknown rows (leave-one-out tuning only).
+Closed set: the whole train set indexed, leave-one-out tuning; test accuracy, ECE, and the
+coverage at 98 % and 99 % answered accuracy (`tune --target-accuracy`). Off-topic texts
+(gibberish, trivia, recipes) classified on that collection. With --head, a transfer head
+(logistic regression) is trained, promoted and evaluated the same way.
+
+    python benchmarks/openset.py [--seed 0] [--head]
+Writes benchmarks/results/openset.{json,md}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import random
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = REPO / "data" / "banking77"
+OUT = REPO / "benchmarks" / "results"
+
+OFF_TOPIC = [
+    "asdfgh",
+    "qwerty uiop zxcvb",
+    "lorem ipsum dolor sit amet",
+    "Who won the football world cup in 1998?",
+    "What is the capital of Australia?",
+    "How many moons does Jupiter have?",
+    "How long should I boil an egg for a soft yolk?",
+    "Preheat the oven to 180 degrees and whisk two eggs with sugar",
+    "What is a good recipe for banana bread?",
+    "Recommend me a science fiction novel",
+]
+
+
+def knn(*args: str) -> str:
+    r = subprocess.run([sys.executable, "-m", "knnclass", *args], capture_output=True, text=True, check=False)
+    if r.returncode != 0:
+        raise SystemExit(f"knnclass {' '.join(args)} failed: {r.stderr[-2000:]}")
+    return r.stdout
+
+
+def _read(path: Path) -> list[dict[str, str]]:
+    with path.open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _write(path: Path, rows: list[dict[str, str]]) -> None:
+    with path.open("w", newline="") as f:
+        w = csv.DictWriter(f, ["text", "category"])
+        w.writeheader()
+        w.writerows(rows)
+
+
+def protocol(tmp: Path, seed: int) -> dict[str, object]:
+    """index.csv (known intents, 90 % of their train rows), val.csv and test.csv with 'unknown'."""
+    rng = random.Random(seed)
+    train, test = _read(DATA / "train.csv"), _read(DATA / "test.csv")
+    intents = sorted({r["category"] for r in train})
+    held = set(rng.sample(intents, round(0.25 * len(intents))))
+    known_rows = [r for r in train if r["category"] not in held]
+    rng.shuffle(known_rows)
+    n_val = len(known_rows) // 10
+    unknown_rows = [r for r in train if r["category"] in held]
+    rng.shuffle(unknown_rows)
+    val = known_rows[:n_val] + [
+        {"text": r["text"], "category": "unknown"} for r in unknown_rows[: len(unknown_rows) // 10]
+    ]
+    test_rows = [{"text": r["text"], "category": "unknown" if r["category"] in held else r["category"]} for r in test]
+    _write(tmp / "index.csv", known_rows[n_val:])
+    closed = list(train)
+    rng.shuffle(closed)
+    _write(tmp / "closed_val.csv", closed[: len(closed) // 10])  # for the head: validation outside the index
+    _write(tmp / "closed_index.csv", closed[len(closed) // 10 :])
+    _write(tmp / "val.csv", val)
+    _write(tmp / "test.csv", test_rows)
+    n_unknown_val = sum(r["category"] == "unknown" for r in val)
+    return {
+        "held_out_intents": len(held),
+        "indexed": len(known_rows) - n_val,
+        "validation": len(val),
+        "validation_unknown": n_unknown_val,
+        "test": len(test_rows),
+        "test_unknown": sum(r["category"] == "unknown" for r in test_rows),
+    }
+
+
+def _ev(path: Path, *store: str, unknown: bool = True) -> dict[str, object]:
+    extra = ["--unknown-label", "unknown"] if unknown else []
+    m = json.loads(knn("evaluate", str(path), *store, *extra, "--json"))
+    keys = (
+        "accuracy",
+        "in_scope_accuracy",
+        "unknown_recall",
+        "auroc_unknown",
+        "coverage",
+        "answered_accuracy",
+        "guess_accuracy",
+        "ece",
+        "reasons",
+        "source",
+        "threshold",
+        "novelty",
+        "k",
+        "vote",
+    )
+    return {k: m.get(k) for k in keys if k in m}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--head", action="store_true", help="Also train, promote and score a transfer head.")
+    args = ap.parse_args()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    t0 = time.perf_counter()
+    tmp = Path(tempfile.mkdtemp(prefix="knnclass-openset-"))
+    res: dict[str, object] = {"protocol": protocol(tmp, args.seed), "seed": args.seed}
+
+    s = ["--store", str(tmp / "open")]
+    knn("index", str(tmp / "index.csv"), *s)
+    knn("tune", *s, "--validation", str(tmp / "val.csv"), "--unknown-label", "unknown")
+    res["open_default"] = _ev(tmp / "test.csv", *s)
+    knn("tune", *s)  # no unknown rows at all: familiarity floor from leave-one-out only
+    res["open_no_unknown_rows"] = _ev(tmp / "test.csv", *s)
+
+    c = ["--store", str(tmp / "closed")]
+    knn("index", str(DATA / "train.csv"), *c)
+    knn("tune", *c)
+    res["closed_default"] = _ev(DATA / "test.csv", *c, unknown=False)
+    off = json.loads(knn("classify", *c, "--json", *OFF_TOPIC))["predictions"]
+    res["off_topic"] = [
+        {"text": p["text"], "reason": p["reason"], "suggestion": p["suggestion"], "confidence": p["confidence"]}
+        for p in off
+    ]
+    for target in (0.98, 0.99):
+        knn("tune", *c, "--target-accuracy", str(target))
+        res[f"closed_target_{target}"] = _ev(DATA / "test.csv", *c, unknown=False)
+
+    if args.head:
+        h = ["--store", str(tmp / "head")]
+        run = tmp / "run-lr"
+        knn("index", str(tmp / "closed_index.csv"), *h)
+        knn("tune", *h)
+        knn(
+            "finetune",
+            str(tmp / "closed_index.csv"),
+            "--validation",
+            str(tmp / "closed_val.csv"),
+            "--strategy",
+            "transfer",
+            "--classifier",
+            "logreg",
+            "--out",
+            str(run),
+        )
+        record = json.loads((run / "run.json").read_text())
+        res["knn_on_same_index"] = _ev(DATA / "test.csv", *h, unknown=False)
+        knn("promote", str(run), *h, "--rule", "head")
+        res["head"] = {
+            "run_head_accuracy_on_validation": record["validation"]["category"]["head"]["accuracy"],
+            "served": _ev(tmp / "closed_val.csv", *h, unknown=False),
+            "test": _ev(DATA / "test.csv", *h, unknown=False),
+        }
+    res["seconds"] = round(time.perf_counter() - t0, 1)
+    OUT.mkdir(parents=True, exist_ok=True)
+    (OUT / "openset.json").write_text(json.dumps(res, indent=2))
+    print(json.dumps(res, indent=2))
+    lines = [
+        "| case | accuracy | in-scope acc | unknown recall | AUROC | coverage | answered acc | ECE |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+
+    def f(v: object) -> str:
+        return f"{v:.4f}" if isinstance(v, float) else "-"
+
+    for name in ("open_default", "open_no_unknown_rows", "closed_default", "closed_target_0.98", "closed_target_0.99"):
+        m = res[name]
+        assert isinstance(m, dict)
+        lines.append(
+            f"| {name} | {f(m.get('accuracy'))} | {f(m.get('in_scope_accuracy'))} | {f(m.get('unknown_recall'))} | "
+            f"{f(m.get('auroc_unknown'))} | {f(m.get('coverage'))} | {f(m.get('answered_accuracy'))} | {f(m.get('ece'))} |"
+        )
+    table = "\n".join(lines)
+    (OUT / "openset.md").write_text(table + "\n")
+    print(table)
+
+
+if __name__ == "__main__":
+    main()

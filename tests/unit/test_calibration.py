@@ -1,0 +1,139 @@
+"""Calibration, familiarity and operating points: exact on synthetic data."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from knnclass.calibration import Calibration, auroc, ece, fit_calibration, reliability_bins
+from knnclass.errors import InputError
+from knnclass.policy import Policy, reasons, score_rows, typical_similarity
+from knnclass.store.base import Hit
+from knnclass.tuning import Objective, tune_rule
+from knnclass.voting import FEATURES, Rule, label_nearest
+
+
+def test_logistic_fit_recovers_a_known_probability() -> None:
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(20_000, 2))
+    p = 1 / (1 + np.exp(-(2.0 * x[:, 0] - 1.0)))
+    y = rng.random(len(p)) < p
+    cal = fit_calibration(x, y, ["a", "b"])
+    got = cal.probability(x)
+    assert np.abs(got - p).max() < 0.03
+    assert ece(got, y) < 0.02
+    assert Calibration.from_dict(cal.to_dict()) == cal
+    with pytest.raises(ValueError, match="expects 2 features"):
+        cal.probability(x[:, :1])
+
+
+def test_separable_data_does_not_blow_up() -> None:
+    x = np.r_[np.zeros(50), np.ones(50)][:, None]
+    y = np.r_[np.zeros(50), np.ones(50)]
+    cal = fit_calibration(x, y, ["a"])
+    p = cal.probability(x)
+    assert np.all(np.isfinite(cal.coef)) and p[:50].max() < 0.05 and p[50:].min() > 0.95
+
+
+def test_ece_and_bins() -> None:
+    conf = np.array([0.9, 0.9, 0.9, 0.9, 0.1, 0.1])
+    right = np.array([1, 1, 1, 0, 0, 0], dtype=bool)
+    assert ece(conf, right) == pytest.approx((4 * abs(0.75 - 0.9) + 2 * abs(0.0 - 0.1)) / 6)
+    assert [b[3] for b in reliability_bins(conf, right)] == [2, 4]
+
+
+def test_auroc_counts_ties_as_half() -> None:
+    assert auroc(np.array([3.0, 2.0, 1.0]), np.array([True, False, False])) == 1.0
+    assert auroc(np.array([1.0, 2.0, 3.0]), np.array([True, False, False])) == 0.0
+    assert auroc(np.array([1.0, 1.0]), np.array([True, False])) == 0.5
+
+
+def test_label_nearest_and_typical() -> None:
+    codes = np.array([[0, 1, 0, 0], [1, 1, -1, -1]])
+    scores = np.array([[0.9, 0.8, 0.7, 0.6], [0.5, 0.4, 0.0, 0.0]])
+    assert label_nearest(codes, scores, np.array([0, 1])) == pytest.approx([0.8, 0.45])
+    hits = [[Hit("2", "a", 0.9), Hit("3", "a", 0.7)], [Hit("1", "a", 0.5)], [Hit("1", "a", 0.2)]]
+    per, overall = typical_similarity(["a", "a", "b"], hits)
+    assert per == {"a": pytest.approx(0.65), "b": 0.0} and overall == pytest.approx(0.5)
+
+
+def _rows(n: int, seed: int = 0) -> tuple[list[str], list[list[Hit]]]:
+    """Two labels; a row's neighbours agree (high similarity) or not (low), so calibration can learn."""
+    rng = np.random.default_rng(seed)
+    truth, hits = [], []
+    for i in range(n):
+        t = "a" if i % 2 else "b"
+        other = "b" if t == "a" else "a"
+        easy = rng.random() < 0.7
+        row = []
+        for j in range(5):
+            lab = t if (easy or rng.random() < 0.5) else other
+            row.append(Hit(f"{i}-{j}", lab, (0.9 if easy else 0.5) - 0.01 * j + float(rng.normal(0, 0.01))))
+        row.sort(key=lambda h: -h.score)
+        truth.append(t)
+        hits.append(row)
+    return truth, hits
+
+
+def test_tuning_calibrates_and_meets_a_target_accuracy() -> None:
+    truth, hits = _rows(2000)
+    typical = typical_similarity(truth, hits)
+    res = tune_rule(truth, hits, 1000, typical=typical, objective=Objective(target_accuracy=0.99, unknown_rate=0))
+    assert res.policy is not None and res.point["target_met"]
+    assert res.point["answered_accuracy"] >= 0.99 and 0.5 < res.point["coverage"] < 1
+    rule = res.best.rule
+    assert rule.threshold > 0 and rule.novelty is None
+    # serving the same rows with the stored rule reproduces the tuned point exactly
+    labels = ["a", "b"]
+    from knnclass.policy import hits_to_arrays
+
+    codes, scores = hits_to_arrays(hits, labels, 5)
+    sc = score_rows(codes, scores, labels, rule, res.best.k, Policy.from_dict(res.policy.to_dict()))
+    why = reasons(sc, rule)
+    answered = [w is None for w in why]
+    right = [labels[g] == t for g, t in zip(sc.guess, truth, strict=True)]
+    assert np.mean(answered) == pytest.approx(res.point["coverage"])
+    assert np.mean([r for r, a in zip(right, answered, strict=True) if a]) == pytest.approx(
+        res.point["answered_accuracy"]
+    )
+    assert ece(sc.probability, np.array(right)) < 0.05
+    # the guess holds the calibrated probability; the rest goes to the other labels the neighbours named
+    assert np.allclose(sc.dist[np.arange(len(truth)), sc.guess], sc.probability)
+    split = (sc.dist > 0).sum(axis=1) == 2
+    assert split.any() and np.allclose(sc.dist[split].sum(axis=1), 1.0)
+
+
+def test_unknown_rows_are_weighed_by_the_objective_not_their_count() -> None:
+    truth, hits = _rows(1000)
+    # a few unknown rows, far from everything: neighbours of either label with low similarity
+    for i in range(20):
+        truth.append("OOS")
+        hits.append([Hit(f"u{i}-{j}", "a" if j % 2 else "b", 0.2) for j in range(5)])
+    typical = typical_similarity(
+        [t for t in truth if t != "OOS"], [h for t, h in zip(truth, hits, strict=True) if t != "OOS"]
+    )
+    res = tune_rule(truth, hits, 1000, unknown_label="OOS", typical=typical)
+    assert res.policy is not None and res.policy.known is not None
+    # 20 unknown rows among 1,020 still decide the point: all abstained on, in-scope accuracy kept
+    assert res.point["unknown_recall"] == 1.0 and res.point["in_scope_accuracy"] > 0.8
+    with pytest.raises(InputError, match="unknown recall needs"):
+        tune_rule(truth[:1000], hits[:1000], 1000, typical=typical, objective=Objective(target_unknown_recall=0.9))
+
+
+def test_without_unknown_rows_the_floor_flags_the_given_rate() -> None:
+    truth, hits = _rows(1000)
+    res = tune_rule(truth, hits, 1000, typical=typical_similarity(truth, hits), objective=Objective(unknown_rate=0.05))
+    assert res.best.rule.novelty is not None
+    assert 0.93 <= res.point["coverage"] <= 0.96  # about 5 % fall below the floor
+
+
+def test_objective_and_rule_validation() -> None:
+    with pytest.raises(InputError):
+        Objective(target_accuracy=0.9, target_unknown_recall=0.9)
+    with pytest.raises(InputError):
+        Objective(target_accuracy=1.5)
+    with pytest.raises(InputError):
+        Rule(novelty=float("nan"))
+    r = Rule("weighted", "k", 5, 0.4, -0.1)
+    assert Rule.from_dict(r.to_dict()) == r and r.with_k(3) == Rule("weighted", "k", 3, 0.4, -0.1)
+    assert "novelty" in r.describe() and len(FEATURES) == 8

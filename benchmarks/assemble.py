@@ -20,14 +20,16 @@ SECTIONS = [
     ("scale-1m-m32", "Embedded store at 1M: tuned HNSW (the defaults)", "benchmarks/scale.py --sizes 1000000"),
     ("scale-1m-ef", "Embedded store at 1M: the earlier HNSW settings (m 16), for comparison", "benchmarks/scale.py"),
     ("reports", "Reports and label quality", "benchmarks/reports.py"),
+    ("openset", "Trustworthy decisions: calibration, unknown tickets, operating points", "benchmarks/openset.py --head"),
+    ("cleaning", "Tickets as e-mails: cleaning and long texts", "benchmarks/cleaning.py"),
     ("finetune", "Warm-start strategies", "benchmarks/finetune.py"),
     ("reliability", "Reliability (details in RELIABILITY.md)", "benchmarks/reliability.py"),
 ]
 
 INTRO = """# knnclass benchmark results
 
-Measured on the project's machine: 2 CPU cores (AVX-512 VNNI), 24 GiB, no GPU, shared with
-other work, so absolute numbers are noisy; every comparison is against a baseline measured
+Measured on the project's machine: 2 CPU cores (AVX-512 VNNI until 2026-11; an AVX2-only AMD EPYC
+for the sections measured on 2026-12-02), 24 GiB, no GPU, shared with other work, so absolute numbers are noisy; every comparison is against a baseline measured
 in the same run, and ratios are what to read. Each section names the script that produced
 it; re-run it to refresh its table (then `python benchmarks/assemble.py`).
 """

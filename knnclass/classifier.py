@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -22,6 +22,8 @@ from .errors import (
 from .metrics import evaluation_metrics
 from .policy import Policy, reasons, score_rows, typical_similarity
 from .store.base import CollectionMeta, Hit, Ref, Store
+from .text import Prepared, TextSettings, prepare
+from .text import embed as embed_text
 from .tuning import K_MAX, Objective, TuningResult, hits_to_arrays, tune_rule
 from .voting import Neighbour, Rule
 
@@ -42,7 +44,8 @@ class Prediction:
     `suggestion` is the best guess either way and `confidence` the probability that it is
     right (calibrated when the collection was tuned with a policy, else the vote share).
     `familiarity` says how much the ticket looks like the indexed ones; `alternatives` are
-    the next labels with their probabilities; `source` is "knn" or "head".
+    the next labels with their probabilities; `source` is "knn" or "head"; `shortened` says
+    the (cleaned) text was past the encoder's token limit, so the long-text strategy applied.
     """
 
     label: str | None
@@ -54,6 +57,7 @@ class Prediction:
     familiarity: float | None = None
     alternatives: list[tuple[str, float]] = field(default_factory=list)
     source: str = "knn"
+    shortened: bool = False
 
     def to_dict(self, include_neighbours: bool = True) -> dict[str, Any]:
         d: dict[str, Any] = {
@@ -65,6 +69,7 @@ class Prediction:
             "familiarity": None if self.familiarity is None else round(self.familiarity, 6),
             "alternatives": [{"label": lab, "confidence": round(p, 6)} for lab, p in self.alternatives],
             "source": self.source,
+            "shortened": self.shortened,
         }
         if include_neighbours:
             d["neighbours"] = [{"id": n.id, "label": n.label, "score": round(n.score, 6)} for n in self.neighbours]
@@ -171,6 +176,11 @@ class Classifier:
             )
         return enc
 
+    def embed_texts(self, texts: Sequence[str], ref: Ref | None = None) -> np.ndarray:
+        """Vectors of `texts` as version `ref` embeds them: its encoder, cleaning and long-text strategy."""
+        meta = self.meta(ref or self.ref())
+        return embed_text(self.encoder_for(meta), texts, TextSettings.from_meta(meta.text))
+
     # --- indexing ----------------------------------------------------------------------
     def index(
         self,
@@ -181,18 +191,30 @@ class Classifier:
         skip_batches: int = 0,
         on_batch: Callable[[int], None] | None = None,
         create: bool = True,
+        text: TextSettings | None = None,
     ) -> Ref:
         """Embed and upsert; creates the collection (stamped with the encoder) if needed.
 
         `skip_batches` resumes after that many acknowledged batches; `on_batch(k)` runs once
-        batch k is durable. With `create=False` a missing collection is an error.
+        batch k is durable. With `create=False` a missing collection is an error. `text` (cleaning,
+        long-text strategy) is stamped on a new collection; for an existing one it must match.
         """
         if self.exists() or not create:
             ref = self.ref()
-            enc = self.encoder_for(self.meta(ref))
+            meta = self.meta(ref)
+            enc = self.encoder_for(meta)
+            stamped = TextSettings.from_meta(meta.text)
+            if text is not None and text != stamped:
+                raise InputError(
+                    f"collection {self.collection!r} cleans with {stamped.clean!r} and shortens long texts by "
+                    f"{stamped.long!r}; index into a new collection to use {text.clean!r} / {text.long!r}"
+                )
         else:
             enc = self.encoder_for(None)
-            ref = self.store.create(self.collection, CollectionMeta(enc.identity, enc.source, enc.dim))
+            settings = (text or TextSettings()).to_dict()
+            meta = CollectionMeta(enc.identity, enc.source, enc.dim, text=settings)
+            ref = self.store.create(self.collection, meta)
+        settings_ = TextSettings.from_meta(meta.text)
         done = min(len(examples), skip_batches * batch_size)
         if progress and done:
             progress(done)
@@ -203,7 +225,7 @@ class Classifier:
                 stored = {e.id: e for e, _ in self.store.retrieve(ref, [e.id for e in batch])}
                 todo = [e for e in batch if stored.get(e.id) != e]
                 if todo:
-                    self.store.upsert(ref, todo, enc.embed([e.text for e in todo]))
+                    self.store.upsert(ref, todo, embed_text(enc, [e.text for e in todo], settings_))
             except StoreError as e:
                 raise type(e)(
                     f"{e} — {done} of {len(examples)} examples were stored before this; "
@@ -221,11 +243,13 @@ class Classifier:
     def add(self, examples: Sequence[Example], ref: Ref | None = None, truncate: bool = True) -> None:
         """Add or replace examples live (durable on return); `truncate=False` refuses over-long texts."""
         ref = ref or self.ref()
-        enc = self.encoder_for(self.meta(ref))
-        texts = [e.text for e in examples]
+        meta = self.meta(ref)
+        enc = self.encoder_for(meta)
+        settings = TextSettings.from_meta(meta.text)
+        seen = prepare(enc, [e.text for e in examples], settings)
         if not truncate:
-            self.check_length(enc, texts, [f"example {e.id!r}" for e in examples])
-        self.store.upsert(ref, examples, enc.embed(texts))
+            self.check_length(enc, seen, [f"example {e.id!r}" for e in examples])
+        self.store.upsert(ref, examples, enc.embed(seen.texts, long=settings.long))
 
     def get(self, example_id: str, ref: Ref | None = None) -> Example:
         found = self.store.retrieve(ref or self.ref(), [example_id])
@@ -287,35 +311,40 @@ class Classifier:
         ref = self.ref()
         meta = self.meta(ref)
         enc = self.encoder_for(meta)
+        settings = TextSettings.from_meta(meta.text)
+        t0 = time.perf_counter()
         plans: list[Rule | KnnclassError] = []
+        seen: list[Prepared] = []
         for req in requests:
+            seen.append(prepare(enc, req.texts, settings))
             try:
                 if not req.truncate:
-                    self.check_length(enc, req.texts)
+                    self.check_length(enc, seen[-1])
                 plans.append((req.rule or self.rule(meta)).with_k(req.k))
             except KnnclassError as e:
                 plans.append(e)
-        texts = [t for req, p in zip(requests, plans, strict=True) if isinstance(p, Rule) for t in req.texts]
-        t0 = time.perf_counter()
-        vecs = enc.embed(texts) if texts else np.zeros((0, enc.dim), dtype=np.float32)
+        texts = [t for p, s in zip(plans, seen, strict=True) if isinstance(p, Rule) for t in s.texts]
+        vecs = enc.embed(texts, long=settings.long) if texts else np.zeros((0, enc.dim), dtype=np.float32)
         t1 = time.perf_counter()
         out: list[ClassifyResult | KnnclassError] = []
         pos = 0
-        for req, plan in zip(requests, plans, strict=True):
+        for req, plan, prep in zip(requests, plans, seen, strict=True):
             if not isinstance(plan, Rule):
                 out.append(plan)
                 continue
             part = vecs[pos : pos + len(req.texts)]
             pos += len(req.texts)
-            out.append(ClassifyResult(self.classify_vectors(part, ref, plan, with_text, meta), ref, plan, enc.identity))
+            preds = self.classify_vectors(part, ref, plan, with_text, meta)
+            preds = [replace(p, shortened=s) for p, s in zip(preds, prep.shortened, strict=True)]
+            out.append(ClassifyResult(preds, ref, plan, enc.identity))
         if timings is not None:
             timings.encode_s, timings.search_s, timings.texts = t1 - t0, time.perf_counter() - t1, len(texts)
         return out
 
     @staticmethod
-    def check_length(enc: Encoder, texts: Sequence[str], names: Sequence[str] | None = None) -> None:
-        """Refuse texts over the encoder's token limit (callers that asked not to truncate)."""
-        for i, n in enumerate(enc.count_tokens(texts)):
+    def check_length(enc: Encoder, seen: Prepared, names: Sequence[str] | None = None) -> None:
+        """Refuse texts over the encoder's token limit, after cleaning (callers that asked not to truncate)."""
+        for i, n in enumerate(enc.count_tokens(seen.texts)):
             if n > enc.max_tokens:
                 what = names[i] if names else f"text {i}"
                 raise InputError(
@@ -440,7 +469,7 @@ class Classifier:
         else:
             loo = self._loo(ref, 10)
             truth = [e.label for e in validation]
-            arr = self.encoder_for(self.meta(ref)).embed([e.text for e in validation])
+            arr = self.embed_texts([e.text for e in validation], ref)
             vecs = list(arr)
             hits = self.store.search(ref, arr, min(K_MAX, n_indexed))
             _check_labels(truth, {h.label for row in hits for h in row}, unknown_label)

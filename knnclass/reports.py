@@ -128,8 +128,7 @@ def drift(clf: Classifier, texts: Sequence[str], quantile: float = 5.0) -> dict[
     history = np.array([hits[0].score for _, hits in clf.loo_neighbours(ref, limit=1) if hits])
     if len(history) == 0:
         raise InputError("the collection needs at least 2 examples")
-    enc = clf.encoder_for(clf.meta(ref))
-    new_hits = clf.store.search(ref, enc.embed(list(texts)), 1)
+    new_hits = clf.store.search(ref, clf.embed_texts(list(texts), ref), 1)
     new = np.array([h[0].score if h else 0.0 for h in new_hits])
     cut = float(np.percentile(history, quantile))
     qs = [5, 25, 50, 75, 95]
@@ -170,10 +169,9 @@ def write_report(
     ref = clf.ref()
     meta = clf.meta(ref)
     rule = clf.rule(meta)
-    enc = clf.encoder_for(meta)
     n_indexed = clf.store.count(ref)
     truth = [e.label for e in examples]
-    hits = clf.store.search(ref, enc.embed([e.text for e in examples]), min(K_MAX, n_indexed))
+    hits = clf.store.search(ref, clf.embed_texts([e.text for e in examples], ref), min(K_MAX, n_indexed))
     labels = sorted({h.label for row in hits for h in row} | set(truth))
     codes, scores = hits_to_arrays(hits, labels, max(len(r) for r in hits))
     k = min(rule.k(n_indexed), K_MAX)

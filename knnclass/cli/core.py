@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -11,8 +12,11 @@ from typing import Any
 import click
 from click.core import ParameterSource
 
+from ..cleaning import CLEAN_MODES
 from ..data import is_blank, is_utf8, read_examples, read_texts
+from ..encoders.base import LONG_TEXT_STRATEGIES
 from ..errors import InputError
+from ..text import TextSettings
 from ..tuning import Objective
 from ..voting import Rule
 from ._common import (
@@ -70,6 +74,19 @@ def _with_unknown(mapping: dict[str, str] | None, unknown_label: str | None) -> 
     type=click.IntRange(0, 86_400),
     help="Seconds a shard other than 0 waits for shard 0 to create the collection.",
 )
+@click.option(
+    "--clean",
+    type=click.Choice(CLEAN_MODES),
+    default=None,
+    help="How a new collection cleans tickets before embedding (default email: HTML, quoted replies, "
+    "signatures, disclaimers removed); stored text stays as given. An existing collection keeps its own.",
+)
+@click.option(
+    "--long-text",
+    type=click.Choice(LONG_TEXT_STRATEGIES),
+    default=None,
+    help="What a new collection does with texts past the encoder's token limit (default head).",
+)
 @store_options
 def index(
     tickets: Path,
@@ -82,6 +99,8 @@ def index(
     shard: str | None,
     checkpoint_dir: Path | None,
     wait_collection: int,
+    clean: str | None,
+    long_text: str | None,
     **so: Any,
 ) -> None:
     """Bulk-index labelled TICKETS (CSV or JSONL). Re-running the same file is idempotent.
@@ -121,11 +140,20 @@ def index(
                 skip_batches=skip,
                 on_batch=(lambda k: ckpt.record(k, total)) if shard else None,
                 create=create,
+                text=_text_settings(clf, clean, long_text),
             )
         count = clf.store.count(ref)
     if shard:
         click.echo(f"shard {spec}: {len(examples)} examples ({skip} batches resumed from checkpoint)")
     click.echo(f"indexed {len(examples)} examples into {ref.name} ({ref.version}); collection holds {count}")
+
+
+def _text_settings(clf: Any, clean: str | None, long_text: str | None) -> TextSettings | None:
+    """The settings asked for (defaults filled from the stamp or the defaults); None when nothing was asked."""
+    if clean is None and long_text is None:
+        return None
+    stamped = TextSettings.from_meta(clf.meta().text) if clf.exists() else TextSettings()
+    return TextSettings(clean or stamped.clean, long_text or stamped.long)
 
 
 @click.command()
@@ -292,15 +320,13 @@ def classify(
     if output:
         with output.open("w", newline="") as f:
             w = csv.writer(f)
-            w.writerow(
-                ["text", "label", "confidence", "abstained", "reason", "suggestion", "alternatives", "neighbours"]
-            )
+            head = ["text", "label", "confidence", "abstained", "reason", "suggestion", "alternatives", "shortened"]
+            w.writerow([*head, "neighbours"])
             for t, p in zip(items, preds, strict=True):
                 nb = ";".join(f"{n.id}:{n.label}:{n.score:.4f}" for n in p.neighbours)
                 alts = ";".join(f"{lab}:{c:.4f}" for lab, c in p.alternatives)
-                w.writerow(
-                    [t, p.label or "", f"{p.confidence:.4f}", p.abstained, p.reason or "", p.suggestion or "", alts, nb]
-                )
+                row = [t, p.label or "", f"{p.confidence:.4f}", p.abstained, p.reason or "", p.suggestion or ""]
+                w.writerow([*row, alts, p.shortened, nb])
     if as_json:
         emit_json(
             {
@@ -345,4 +371,63 @@ def info(as_json: bool, **so: Any) -> None:
     click.echo(f"labels     {len(d['labels'])}: " + ", ".join(f"{k}={v}" for k, v in list(d["labels"].items())[:12]))
 
 
-COMMANDS = [index, tune, evaluate, classify, info]
+@click.command()
+@click.argument("tickets", type=INPUT_FILE)
+@text_col_option
+@click.option(
+    "--clean", "mode", type=click.Choice(CLEAN_MODES), default=None, help="Default: the collection's, else email."
+)
+@click.option("--limit", type=click.IntRange(1), default=None, help="Show only the first N tickets.")
+@click.option("--output", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Write a CSV here.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON lines.")
+@store_options
+def clean(
+    tickets: Path, text_col: str, mode: str | None, limit: int | None, output: Path | None, as_json: bool, **so: Any
+) -> None:
+    """Show what the encoder will see of each ticket in TICKETS: the cleaned text and its token count.
+
+    Uses the collection's cleaning when it exists (else --clean, default email).
+    """
+    from ..text import prepare
+
+    texts = read_texts(tickets, text_col)[:limit]
+    meta = None
+    if so.get("qdrant_url") or Path(so["store"]).exists():  # the collection's settings and encoder, if any
+        clf = open_classifier(create=False, **so)
+        with clf.store:
+            meta = clf.meta() if clf.exists() else None
+            enc = clf.encoder_for(meta)
+    else:
+        from ..encoders import load_encoder
+
+        enc = load_encoder()
+    settings = TextSettings.from_meta(meta.text) if meta else TextSettings()
+    if mode is not None:
+        settings = TextSettings(mode, settings.long)
+    seen = prepare(enc, texts, settings)
+    rows = [
+        {"original_chars": len(t), "clean_chars": len(c), "tokens": n, "shortened": sh, "clean_text": c}
+        for t, c, n, sh in zip(texts, seen.texts, enc.count_tokens(seen.texts), seen.shortened, strict=True)
+    ]
+    if output:
+        with output.open("w", newline="") as f:
+            w = csv.DictWriter(f, [text_col, *rows[0]])
+            w.writeheader()
+            w.writerows({text_col: t, **r} for t, r in zip(texts, rows, strict=True))
+        click.echo(f"wrote {len(rows)} cleaned tickets to {output}")
+    elif as_json:
+        for r in rows:
+            click.echo(json.dumps(r, ensure_ascii=False))
+    else:
+        for i, r in enumerate(rows, 1):
+            past = f" (past the limit: {settings.long})" if r["shortened"] else ""
+            click.echo(f"--- ticket {i}: {r['original_chars']} -> {r['clean_chars']} chars, {r['tokens']} tokens{past}")
+            click.echo(r["clean_text"])
+    n_short = sum(bool(r["shortened"]) for r in rows)
+    click.echo(
+        f"cleaning {settings.clean!r}: {len(rows)} tickets, {n_short} past the encoder's {enc.max_tokens} tokens",
+        err=True,
+    )
+
+
+COMMANDS = [index, tune, evaluate, classify, info, clean]

@@ -6,11 +6,20 @@ import os
 from pathlib import Path
 
 from ..errors import DependencyError, InputError
-from .base import Encoder
+from .base import LONG_TEXT_STRATEGIES, Encoder
 from .fake import FakeEncoder
 from .onnx import CUDA_MODEL_FILE, METADATA_FILE, OnnxEncoder
 
-__all__ = ["CUDA_MODEL_FILE", "Encoder", "FakeEncoder", "OnnxEncoder", "cache_dir", "default_model_dir", "load_encoder"]
+__all__ = [
+    "CUDA_MODEL_FILE",
+    "LONG_TEXT_STRATEGIES",
+    "Encoder",
+    "FakeEncoder",
+    "OnnxEncoder",
+    "cache_dir",
+    "default_model_dir",
+    "load_encoder",
+]
 
 
 def cache_dir() -> Path:

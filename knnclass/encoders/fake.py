@@ -7,6 +7,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from .base import check_long, chunk_spans, head_tail
+
 __all__ = ["FakeEncoder"]
 
 
@@ -45,15 +47,33 @@ class FakeEncoder:
         v = np.random.default_rng(seed).standard_normal(self._dim)
         return v / np.linalg.norm(v)
 
-    def embed(self, texts: Sequence[str]) -> np.ndarray:
+    def _vector(self, t: str) -> np.ndarray:
+        v = self._unit(t)
+        low = t.lower()
+        for topic in self._topics:
+            if topic in low:
+                v = v + self._pull * self._unit("topic:" + topic)
+        return np.asarray(v / np.linalg.norm(v))
+
+    def embed(self, texts: Sequence[str], long: str = "head") -> np.ndarray:
+        """One vector per text. Tokens are words here (see count_tokens): "head" embeds the
+        whole text, however long (as it always has); past max_tokens "head_tail" embeds the
+        first and last words only and "chunk" the token-weighted mean of overlapping word
+        windows, as OnnxEncoder does with its tokens."""
+        check_long(long)
         out = np.zeros((len(texts), self._dim), dtype=np.float32)
+        budget = max(1, self._max_tokens - 2)  # room left by [CLS] and [SEP]
         for i, t in enumerate(texts):
-            v = self._unit(t)
-            low = t.lower()
-            for topic in self._topics:
-                if topic in low:
-                    v = v + self._pull * self._unit("topic:" + topic)
-            out[i] = v / np.linalg.norm(v)
+            words = t.split()
+            if long == "head" or len(words) <= budget:
+                out[i] = self._vector(t)
+            elif long == "head_tail":
+                out[i] = self._vector(" ".join(head_tail(words, budget)))
+            else:
+                spans = chunk_spans(len(words), budget)
+                windows = [self._vector(" ".join(words[a:b])) for a, b in spans]
+                mean = np.average(windows, axis=0, weights=[b - a for a, b in spans])
+                out[i] = mean / np.linalg.norm(mean)
         return out
 
     def count_tokens(self, texts: Sequence[str]) -> list[int]:

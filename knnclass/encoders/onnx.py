@@ -15,6 +15,7 @@ import numpy as np
 
 from .._cpu import encoder_threads
 from ..errors import DependencyError, EncoderError, InputError
+from .base import check_long, chunk_spans, head_tail
 
 __all__ = [
     "CUDA_MODEL_FILE",
@@ -157,6 +158,10 @@ class OnnxEncoder:
         tok.no_padding()
         tok.no_truncation()
         self._tok = tok
+        # special tokens around the content ([CLS] ... [SEP] for BERT): kept by head_tail and chunk
+        mask = tok.encode("a").special_tokens_mask
+        plain = [i for i, m in enumerate(mask) if not m]
+        self._specials = (plain[0], len(mask) - 1 - plain[-1]) if plain else (0, 0)
         self._inputs = {i.name for i in self._session.get_inputs()}
         self._output = self._session.get_outputs()[0].name
         self._pad_id = int(self.meta.get("pad_id", 0))
@@ -239,20 +244,67 @@ class OnnxEncoder:
         norms = np.linalg.norm(pooled, axis=1, keepdims=True)
         return (pooled / np.clip(norms, 1e-12, None)).astype(np.float32)
 
-    def embed(self, texts: Sequence[str]) -> np.ndarray:
+    def embed(self, texts: Sequence[str], long: str = "head") -> np.ndarray:
+        """(len(texts), dim) L2-normalised vectors; `long` (LONG_TEXT_STRATEGIES) says what
+        becomes of a text past max_tokens. Within the limit every strategy gives the same vector."""
+        check_long(long)
         if len(texts) == 0:
             return np.zeros((0, self.dim), dtype=np.float32)
         limit = self.max_tokens
         encs = self._tok.encode_batch(list(texts))
-        ids = []
+        if long == "head":
+            ids = []
+            for e in encs:
+                x = e.ids
+                if len(x) > limit:  # keep the final [SEP]-like token, as HF truncation does
+                    x = x[: limit - 1] + x[-1:]
+                ids.append(x)
+            return self._embed_ids(ids)
+        front, back = self._specials
+        budget = max(1, limit - front - back)  # content tokens a row has room for
+        if long == "head_tail":  # [CLS] + the content's start and end + [SEP]: exactly `limit` tokens
+            ids = []
+            for e in encs:
+                x = e.ids
+                if len(x) > limit:
+                    x = x[:front] + head_tail(x[front : len(x) - back], budget) + x[len(x) - back :]
+                ids.append(x)
+            return self._embed_ids(ids)
+        # chunk: each window of the content wrapped as [CLS] ... [SEP], all of them through one
+        # batched run, then a token-weighted mean per text
+        windows: list[list[int]] = []
+        spans: list[tuple[int, int]] = []  # per text: its windows' rows
+        weights: list[int] = []
         for e in encs:
             x = e.ids
-            if len(x) > limit:  # keep the final [SEP]-like token, as HF truncation does
-                x = x[: limit - 1] + x[-1:]
-            ids.append(x)
+            first = len(windows)
+            if len(x) <= limit:
+                windows.append(x)
+                weights.append(len(x))
+            else:
+                head, content, tail = x[:front], x[front : len(x) - back], x[len(x) - back :]
+                for a, b in chunk_spans(len(content), budget):
+                    windows.append(head + content[a:b] + tail)
+                    weights.append(b - a)
+            spans.append((first, len(windows)))
+        vecs = self._embed_ids(windows)
+        if len(windows) == len(encs):
+            return vecs
+        out = np.empty((len(encs), self.dim), dtype=np.float32)
+        w = np.asarray(weights, dtype=np.float64)
+        for i, (a, b) in enumerate(spans):
+            if b - a == 1:
+                out[i] = vecs[a]  # within the limit: bitwise the "head" vector
+                continue
+            mean = (w[a:b, None] * vecs[a:b]).sum(axis=0) / w[a:b].sum()
+            out[i] = mean / max(float(np.linalg.norm(mean)), 1e-12)
+        return out
+
+    def _embed_ids(self, ids: list[list[int]]) -> np.ndarray:
+        """Vectors of token-id rows, in order, each row at most max_tokens long."""
         # Length-bucketed batches: sort by length so each batch pads little.
         order = np.argsort([len(x) for x in ids], kind="stable")
-        out = np.empty((len(texts), self.dim), dtype=np.float32)
+        out = np.empty((len(ids), self.dim), dtype=np.float32)
         bs = self._batch_size
         batches = [order[start : start + bs] for start in range(0, len(order), bs)]
         pool = self._workers() if len(batches) > 1 else None

@@ -19,6 +19,8 @@ from ..encoders.base import Encoder
 from ..errors import InputError
 from ..metrics import score_predictions
 from ..store.base import CollectionMeta, Ref, Store
+from ..text import TextSettings
+from ..text import embed as embed_text
 from ..tuning import TuningResult
 from .finetune import read_run
 from .head import HEADS_FILE, load_heads
@@ -90,11 +92,13 @@ def promote(
     if n_old < 2:
         raise InputError(f"collection {collection!r} holds {n_old} example(s); nothing to promote")
     extra = {**old_meta.extra, "run": str(run_dir.resolve()), "strategy": run.get("strategy"), "previous": old.version}
-    new = store.create_version(collection, CollectionMeta(encoder.identity, encoder.source, encoder.dim, extra=extra))
+    meta = CollectionMeta(encoder.identity, encoder.source, encoder.dim, extra=extra, text=old_meta.text)
+    new = store.create_version(collection, meta)
+    text = TextSettings.from_meta(old_meta.text)  # the new version cleans and shortens as the old one did
     try:
         labels: set[str] = set()
         for examples, _ in store.scroll(old, batch_size):
-            store.upsert(new, examples, encoder.embed([e.text for e in examples]))
+            store.upsert(new, examples, embed_text(encoder, [e.text for e in examples], text))
             labels.update(e.label for e in examples)
             if progress:
                 progress(len(examples))
@@ -146,7 +150,7 @@ def _retune(
     heads = load_heads(heads_path)
     if task not in heads or not labels <= set(heads[task].labels):
         return tuned, None
-    pred, _ = heads[task].predict(encoder.embed([e.text for e in exs]))
+    pred, _ = heads[task].predict(clf.embed_texts([e.text for e in exs], ref))
     head_acc = float(score_predictions([e.label for e in exs], list(pred))["accuracy"])
     serve = head_acc > tuned.best.score if use_head is None else use_head
     info = {

@@ -48,7 +48,7 @@ class ClassifyBody(_Strict):
     k: StrictInt | None = Field(None, ge=1, le=256)
     rule: RuleIn | None = None
     include_neighbours: StrictBool = True
-    truncate: StrictBool = False
+    truncate: StrictBool = True  # past the token limit: the collection's long-text strategy; false: 422
 
     @model_validator(mode="after")
     def _one_of(self) -> ClassifyBody:
@@ -84,6 +84,7 @@ class PredictionOut(BaseModel):
     familiarity: float | None = None
     alternatives: list[AlternativeOut] = []
     source: str = "knn"
+    shortened: bool = False
     neighbours: list[NeighbourOut] | None = None
 
 
@@ -113,7 +114,7 @@ class ExampleIn(_Strict):
 
 class ExamplesRequest(_Strict):
     examples: list[ExampleIn] = Field(min_length=1, max_length=MAX_TEXTS)
-    truncate: StrictBool = False
+    truncate: StrictBool = True  # past the token limit: the collection's long-text strategy; false: 422
 
 
 class RelabelRequest(_Strict):

@@ -79,6 +79,7 @@ class CollectionMeta:
     head: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
     policy: dict[str, Any] | None = None  # knnclass.policy.Policy.to_dict(): calibration + familiarity
+    text: dict[str, Any] | None = None  # knnclass.text.TextSettings: cleaning + long-text strategy
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -87,7 +88,7 @@ class CollectionMeta:
     def from_dict(cls, d: dict[str, Any]) -> CollectionMeta:
         return cls(
             **{k: d[k] for k in ("encoder", "encoder_source", "dim") if k in d},
-            **{k: d[k] for k in ("rule", "tuning", "head", "extra", "policy") if k in d},
+            **{k: d[k] for k in ("rule", "tuning", "head", "extra", "policy", "text") if k in d},
         )
 
     def with_(self, **changes: Any) -> CollectionMeta:

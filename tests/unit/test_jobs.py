@@ -238,7 +238,7 @@ def test_failed_promote_switches_nothing(tmp_path: Path) -> None:
     run = _run_dir(tmp_path)
 
     class Broken(NamedFake):
-        def embed(self, texts):  # type: ignore[no-untyped-def]
+        def embed(self, texts, long="head"):  # type: ignore[no-untyped-def]
             raise RuntimeError("encoder died")
 
     with pytest.raises(RuntimeError):

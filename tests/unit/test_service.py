@@ -171,11 +171,14 @@ def test_malformed_json_and_bad_utf8_are_422(client: TestClient) -> None:
     assert _err(r, 422)["message"] == "body: invalid JSON at character 9"
 
 
-def test_too_many_tokens_unless_truncate(client: TestClient) -> None:
+def test_long_texts_are_shortened_or_refused_with_truncate_false(client: TestClient) -> None:
     long = " ".join(["card"] * 100)  # fake encoder: max_tokens 64
-    assert "tokens" in _err(client.post("/v1/classify", json={"text": long}), 422)["message"]
-    assert client.post("/v1/classify", json={"text": long, "truncate": True}).status_code == 200
-    _err(client.post("/v1/examples", json={"examples": [{"text": long, "label": "a"}]}), 422)
+    assert "tokens" in _err(client.post("/v1/classify", json={"text": long, "truncate": False}), 422)["message"]
+    r = client.post("/v1/classify", json={"text": long})  # by default as the CLI does: the long-text strategy
+    assert r.status_code == 200 and r.json()["predictions"][0]["shortened"] is True
+    assert client.post("/v1/classify", json={"text": "card"}).json()["predictions"][0]["shortened"] is False
+    _err(client.post("/v1/examples", json={"examples": [{"text": long, "label": "a"}], "truncate": False}), 422)
+    assert client.post("/v1/examples", json={"examples": [{"text": long, "label": "card"}]}).status_code == 200
 
 
 def test_body_over_one_mib_is_413(client: TestClient) -> None:

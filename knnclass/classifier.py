@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .data import Example, is_blank
-from .encoders.base import Encoder
+from .encoders.base import Encoder, same_encoder
 from .errors import (
     EncoderMismatchError,
     ExampleNotFoundError,
@@ -169,7 +169,7 @@ class Classifier:
                     self._loaded[key] = self._loaded[enc.identity] = enc
                     while len(self._loaded) > 4:
                         self._loaded.pop(next(iter(self._loaded)))
-        if meta is not None and enc.identity != meta.encoder:
+        if meta is not None and not same_encoder(enc.identity, meta.encoder):
             raise EncoderMismatchError(
                 f"collection {self.collection!r} was indexed with encoder {meta.encoder}, "
                 f"but the encoder in use is {enc.identity}; use the same encoder, or re-index into a new collection"

@@ -1,4 +1,4 @@
-"""Reading labelled tickets from CSV/JSONL: column checks, clear errors, stable ids."""
+"""Reading tickets from CSV/TSV, JSONL, JSON arrays and Parquet: column checks, clear errors, stable ids."""
 
 from __future__ import annotations
 
@@ -10,20 +10,24 @@ import sys
 import unicodedata
 import uuid
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import InputError
+from .errors import DependencyError, InputError
 
 __all__ = [
     "Example",
+    "ReadStats",
+    "TextSource",
     "example_id",
     "is_blank",
     "is_utf8",
     "point_uuid",
     "read_examples",
     "read_label_map",
+    "read_table",
     "read_texts",
+    "write_table",
 ]
 
 # A single CSV field may be large (long ticket bodies); the stdlib default is 128 KiB.
@@ -65,12 +69,57 @@ def point_uuid(ext_id: str) -> str:
     return str(uuid.uuid5(_POINT_NS, ext_id))
 
 
-def _rows(path: Path) -> tuple[list[str], Iterable[tuple[int, dict[str, str]]]]:
-    """The header and (line number, row) pairs of a CSV or JSONL file; missing fields are ""."""
+def _cell(v: object) -> str:
+    return "" if v is None else v if isinstance(v, str) else json.dumps(v) if isinstance(v, (dict, list)) else str(v)
+
+
+def _records(
+    path: Path, records: list[tuple[int, dict[str, object]]]
+) -> tuple[list[str], list[tuple[int, dict[str, str]]]]:
+    keys: list[str] = []
+    for _, obj in records:
+        for key in obj:
+            if key not in keys:
+                keys.append(key)
+    return keys, [(n, {k: _cell(r.get(k)) for k in keys}) for n, r in records]
+
+
+def _parquet(path: Path) -> tuple[list[str], list[tuple[int, dict[str, str]]]]:
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise DependencyError(f"{path}: reading Parquet needs pyarrow (pip install pyarrow)") from None
+    try:
+        table = pq.read_table(path)
+    except Exception as e:  # pyarrow raises its own exception types
+        raise InputError(f"{path}: not a readable Parquet file: {e}") from None
+    return _records(path, [(i + 2, row) for i, row in enumerate(table.to_pylist())])
+
+
+def _delimiter(path: Path, first_line: str, delimiter: str | None) -> str:
+    """The field separator: given, by extension (.tsv), or sniffed from the header line."""
+    if delimiter is not None:
+        if len(delimiter) != 1:
+            raise InputError(f"--delimiter must be one character, not {delimiter!r}")
+        return delimiter
+    if path.suffix.lower() in (".tsv", ".tab"):
+        return "\t"
+    counts = {d: first_line.count(d) for d in (",", "\t", ";", "|")}
+    best = max(counts, key=lambda d: counts[d])
+    return best if counts[best] > 0 else ","
+
+
+def _rows(path: Path, delimiter: str | None = None) -> tuple[list[str], Iterable[tuple[int, dict[str, str]]]]:
+    """The header and (line number, row) pairs of a CSV/TSV, JSONL, JSON-array or Parquet file.
+
+    Missing fields are ""; non-text JSON values are written as JSON.
+    """
     if not path.exists():
         raise InputError(f"{path}: no such file")
     if path.is_dir():
-        raise InputError(f"{path}: is a directory, expected a CSV or JSONL file")
+        raise InputError(f"{path}: is a directory, expected a CSV, TSV, JSONL, JSON or Parquet file")
+    if path.suffix.lower() == ".parquet":
+        return _parquet(path)
     try:
         raw = path.read_bytes()
     except OSError as e:
@@ -82,9 +131,16 @@ def _rows(path: Path) -> tuple[list[str], Iterable[tuple[int, dict[str, str]]]]:
         raise InputError(f"{path}: not valid UTF-8 (line {lineno}, byte {e.start}); re-save it as UTF-8") from None
     if "\x00" in content:
         raise InputError(f"{path}: contains NUL bytes; is it a binary file?")
+    if path.suffix.lower() == ".json":
+        try:
+            arr = json.loads(content)
+        except json.JSONDecodeError as e:
+            raise InputError(f"{path}:{e.lineno}: invalid JSON: {e.msg}") from None
+        if not isinstance(arr, list) or not all(isinstance(o, dict) for o in arr):
+            raise InputError(f"{path}: a .json file must hold an array of objects (use .jsonl for one per line)")
+        return _records(path, [(i + 1, o) for i, o in enumerate(arr)])
     if path.suffix.lower() in (".jsonl", ".ndjson"):
-        records: list[tuple[int, dict[str, str]]] = []
-        keys: list[str] = []
+        records: list[tuple[int, dict[str, object]]] = []
         for n, line in enumerate(content.splitlines(), 1):
             if not line.strip():
                 continue
@@ -94,12 +150,10 @@ def _rows(path: Path) -> tuple[list[str], Iterable[tuple[int, dict[str, str]]]]:
                 raise InputError(f"{path}:{n}: invalid JSON: {e.msg}") from None
             if not isinstance(obj, dict):
                 raise InputError(f"{path}:{n}: each line must be a JSON object")
-            for key in obj:
-                if key not in keys:
-                    keys.append(key)
-            records.append((n, {k: "" if v is None else str(v) for k, v in obj.items()}))
-        return keys, [(n, {k: r.get(k, "") for k in keys}) for n, r in records]
-    reader = csv.reader(io.StringIO(content, newline=""))
+            records.append((n, obj))
+        return _records(path, records)
+    sep = _delimiter(path, content.split("\n", 1)[0], delimiter)
+    reader = csv.reader(io.StringIO(content, newline=""), delimiter=sep)
     try:
         header = next(reader)
     except StopIteration:
@@ -126,9 +180,92 @@ def _rows(path: Path) -> tuple[list[str], Iterable[tuple[int, dict[str, str]]]]:
     return header, gen()
 
 
-def _need(path: Path, header: Sequence[str], col: str, role: str) -> None:
-    if col not in header:
-        raise InputError(f"{path}: no {role} column {col!r} (columns: {', '.join(header) or 'none'})")
+def _need(path: Path, header: Sequence[str], col: str, role: str) -> str:
+    """The header's name for column `col`, matched exactly or else ignoring case."""
+    if col in header:
+        return col
+    folded = [h for h in header if h.casefold() == col.casefold()]
+    if len(folded) == 1:
+        return folded[0]
+    raise InputError(f"{path}: no {role} column {col!r} (columns: {', '.join(header) or 'none'})")
+
+
+@dataclass(frozen=True)
+class TextSource:
+    """Which fields make a ticket's text: `fields` joined by a blank line, or `template`
+    (str.format over the row, e.g. "{subject}\\n\\n{body}")."""
+
+    fields: tuple[str, ...] = ("text",)
+    template: str | None = None
+
+    def __post_init__(self) -> None:
+        if not self.fields and self.template is None:
+            raise InputError("name at least one text column")
+        if self.template is not None:
+            names = self.template_fields()
+            if not names:
+                raise InputError(f"--text-template {self.template!r} names no {{field}}")
+
+    def template_fields(self) -> list[str]:
+        import string
+
+        if self.template is None:
+            return list(self.fields)
+        try:
+            return [f for _, f, _, _ in string.Formatter().parse(self.template) if f]
+        except ValueError as e:
+            raise InputError(f"--text-template {self.template!r}: {e}") from None
+
+    def columns(self, path: Path, header: Sequence[str]) -> dict[str, str]:
+        """Each field's column name in `header` (case-insensitive); an error lists the columns found."""
+        return {f: _need(path, header, f, "text") for f in self.template_fields()}
+
+    def compose(self, values: dict[str, str]) -> str:
+        """The ticket text from field values (missing fields are empty)."""
+        if self.template is not None:
+            return self.template.format_map({f: values.get(f, "") for f in self.template_fields()})
+        return "\n\n".join(v for v in (values.get(f, "").strip() for f in self.fields) if v)
+
+    def to_dict(self) -> dict[str, object]:
+        return {"fields": list(self.fields), "template": self.template}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, object] | None) -> TextSource:
+        if not d:
+            return cls()
+        fields = d.get("fields") or ["text"]
+        template = d.get("template")
+        return cls(
+            tuple(str(f) for f in fields) if isinstance(fields, list) else ("text",),
+            template if isinstance(template, str) else None,
+        )
+
+
+def _source(text_col: str | Sequence[str] | TextSource) -> TextSource:
+    if isinstance(text_col, TextSource):
+        return text_col
+    return TextSource((text_col,) if isinstance(text_col, str) else tuple(text_col))
+
+
+@dataclass
+class ReadStats:
+    """What reading a labelled file found: rows, unique ids, repeated ids and label conflicts."""
+
+    rows: int = 0
+    unique: int = 0
+    duplicates: int = 0
+    conflicts: list[dict[str, str]] = field(default_factory=list)  # id, labels seen, the label kept
+
+    def describe(self) -> str:
+        out = f"{self.rows} rows, {self.unique} unique ids"
+        if self.duplicates:
+            out += f", {self.duplicates} repeated (the last row of each id wins)"
+        if self.conflicts:
+            c = self.conflicts[0]
+            out += (
+                f", {len(self.conflicts)} with conflicting labels (e.g. {c['id']}: {c['labels']} -> kept {c['kept']})"
+            )
+        return out
 
 
 def read_label_map(path: Path) -> dict[str, str]:
@@ -148,24 +285,31 @@ def read_label_map(path: Path) -> dict[str, str]:
 
 def read_examples(
     path: Path,
-    text_col: str = "text",
+    text_col: str | Sequence[str] | TextSource = "text",
     label_col: str = "category",
     id_col: str | None = None,
     label_map: dict[str, str] | None = None,
+    stats: ReadStats | None = None,
+    delimiter: str | None = None,
 ) -> list[Example]:
     """Read labelled examples; every row is checked before anything is returned.
 
-    Rows sharing an id (or, without --id-col, the same text) collapse to the last one,
-    so re-reading a file is idempotent.
+    Rows sharing an id (or, without `id_col`, the same text) collapse to the last one, so
+    re-reading a file is idempotent; `stats` (when given) records how many did and which
+    of them disagreed on the label.
     """
-    header, rows = _rows(path)
-    _need(path, header, text_col, "text")
-    _need(path, header, label_col, "label")
+    source = _source(text_col)
+    header, rows = _rows(path, delimiter)
+    cols = source.columns(path, header)
+    label_col = _need(path, header, label_col, "label")
     if id_col is not None:
-        _need(path, header, id_col, "id")
+        id_col = _need(path, header, id_col, "id")
     out: dict[str, Example] = {}
+    seen: dict[str, list[str]] = {}
+    n_rows = 0
     for n, row in rows:
-        text = row[text_col]
+        n_rows += 1
+        text = source.compose({f: row[c] for f, c in cols.items()})
         label = row[label_col].strip()
         if is_blank(text):
             raise InputError(f"{path}:{n}: empty text")
@@ -182,21 +326,69 @@ def read_examples(
         else:
             ext = example_id(text)
         out[ext] = Example(ext, text, label)
+        seen.setdefault(ext, []).append(label)
     if not out:
         raise InputError(f"{path}: no rows")
+    if stats is not None:
+        stats.rows, stats.unique, stats.duplicates = n_rows, len(out), n_rows - len(out)
+        stats.conflicts = [
+            {"id": k, "labels": "/".join(sorted(set(v))), "kept": v[-1]} for k, v in seen.items() if len(set(v)) > 1
+        ]
     return list(out.values())
 
 
-def read_texts(path: Path, text_col: str = "text") -> list[str]:
-    """Read the text column of a CSV/JSONL file, in order."""
-    header, rows = _rows(path)
-    _need(path, header, text_col, "text")
+def read_table(
+    path: Path, text_col: str | Sequence[str] | TextSource = "text", delimiter: str | None = None
+) -> tuple[list[str], list[dict[str, str]], list[str]]:
+    """Every column of a file of tickets: (header, rows in order, each row's composed text)."""
+    source = _source(text_col)
+    header, rows = _rows(path, delimiter)
+    cols = source.columns(path, header)
+    out_rows: list[dict[str, str]] = []
     texts: list[str] = []
     for n, row in rows:
-        text = row[text_col]
+        text = source.compose({f: row[c] for f, c in cols.items()})
         if is_blank(text):
             raise InputError(f"{path}:{n}: empty text")
+        out_rows.append(row)
         texts.append(text)
     if not texts:
         raise InputError(f"{path}: no rows")
-    return texts
+    return header, out_rows, texts
+
+
+def read_texts(
+    path: Path, text_col: str | Sequence[str] | TextSource = "text", delimiter: str | None = None
+) -> list[str]:
+    """The (composed) ticket texts of a file, in order."""
+    return read_table(path, text_col, delimiter)[2]
+
+
+def write_table(path: Path, header: Sequence[str], rows: Iterable[Sequence[object]]) -> None:
+    """Write rows as the extension says: .csv, .tsv, .jsonl, .json or .parquet (needs pyarrow)."""
+    suffix = path.suffix.lower()
+    rows = [list(r) for r in rows]
+    if suffix in (".jsonl", ".ndjson", ".json"):
+        records = [dict(zip(header, r, strict=True)) for r in rows]
+        with path.open("w", encoding="utf-8") as f:
+            if suffix == ".json":
+                json.dump(records, f, ensure_ascii=False, indent=1)
+            else:
+                for rec in records:
+                    f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+        return
+    if suffix == ".parquet":
+        try:
+            import pyarrow as pa
+            import pyarrow.parquet as pq
+        except ImportError:
+            raise DependencyError(f"{path}: writing Parquet needs pyarrow (pip install pyarrow)") from None
+        cols = {h: [r[i] for r in rows] for i, h in enumerate(header)}
+        pq.write_table(pa.table(cols), path)
+        return
+    if suffix not in (".csv", ".tsv", ".txt", ""):
+        raise InputError(f"{path}: unknown output format {suffix!r} (use .csv, .tsv, .jsonl, .json or .parquet)")
+    with path.open("w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f, delimiter="\t" if suffix == ".tsv" else ",")
+        w.writerow(header)
+        w.writerows(["" if v is None else v for v in r] for r in rows)

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from .cleaning import CLEAN_MODES, DEFAULT_CLEAN_MODE, clean_texts
+from .data import TextSource
 from .encoders.base import LONG_TEXT_STRATEGIES, Encoder, check_long
 from .errors import InputError
 
@@ -22,25 +23,34 @@ __all__ = ["CLEAN_MODES", "LONG_TEXT_STRATEGIES", "Prepared", "TextSettings", "p
 
 @dataclass(frozen=True)
 class TextSettings:
-    """`clean`: one of CLEAN_MODES ("email" by default, "none"); `long`: one of LONG_TEXT_STRATEGIES."""
+    """`clean`: one of CLEAN_MODES ("email" by default, "none"); `long`: one of LONG_TEXT_STRATEGIES;
+    `fields` / `template`: which columns of a file make the ticket text (see data.TextSource)."""
 
     clean: str = DEFAULT_CLEAN_MODE
     long: str = "head"
+    fields: tuple[str, ...] = ("text",)
+    template: str | None = None
 
     def __post_init__(self) -> None:
         if self.clean not in CLEAN_MODES:
             raise InputError(f"cleaning must be one of {', '.join(CLEAN_MODES)}, not {self.clean!r}")
         check_long(self.long)
+        self.source()  # validates the composition
+
+    def source(self) -> TextSource:
+        """How a file's columns compose the ticket text, as stamped."""
+        return TextSource(tuple(self.fields), self.template)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {**asdict(self), "fields": list(self.fields)}
 
     @classmethod
     def from_meta(cls, d: dict[str, Any] | None) -> TextSettings:
         """The settings a version was stamped with; versions from before stamping: raw text, head."""
         if d is None:
             return cls(clean="none", long="head")
-        return cls(clean=d.get("clean", "none"), long=d.get("long", "head"))
+        fields = tuple(d.get("fields") or ("text",))
+        return cls(d.get("clean", "none"), d.get("long", "head"), fields, d.get("template"))
 
 
 @dataclass(frozen=True)

@@ -11,8 +11,9 @@ from typing import Any, TypeVar
 import click
 
 from ..classifier import Classifier
-from ..data import read_label_map
+from ..data import TextSource, read_label_map
 from ..encoders.base import Encoder
+from ..errors import InputError
 from ..store import open_store
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -30,6 +31,8 @@ __all__ = [
     "open_classifier",
     "store_options",
     "text_col_option",
+    "text_source",
+    "text_source_options",
 ]
 
 
@@ -76,6 +79,35 @@ def encoder_option(f: F) -> F:
 
 def text_col_option(f: F) -> F:
     return click.option("--text-col", default="text", show_default=True, help="Column holding the ticket text.")(f)
+
+
+def text_source_options(f: F) -> F:
+    """--text-col (repeatable), --text-template and --delimiter: how a file's columns make the ticket text."""
+    f = click.option("--delimiter", default=None, help="CSV field separator (default: sniffed; tab for .tsv).")(f)
+    f = click.option(
+        "--text-template",
+        default=None,
+        help='Compose the text from columns, e.g. "{subject}\\n\\n{body}" (instead of --text-col).',
+    )(f)
+    f = click.option(
+        "--text-col",
+        "text_cols",
+        multiple=True,
+        help="Column holding ticket text; repeat to join several (in order, blank line between). "
+        "Default: the collection's, else 'text'.",
+    )(f)
+    return f
+
+
+def text_source(text_cols: tuple[str, ...], text_template: str | None, stamped: TextSource | None = None) -> TextSource:
+    """The composition asked for on the command line, else the collection's (`stamped`), else the 'text' column."""
+    if text_cols and text_template:
+        raise InputError("give --text-col or --text-template, not both")
+    if text_template is not None:
+        return TextSource((), text_template.replace("\\n", "\n").replace("\\t", "\t"))
+    if text_cols:
+        return TextSource(tuple(text_cols))
+    return stamped or TextSource()
 
 
 def label_col_option(f: F) -> F:

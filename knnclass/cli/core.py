@@ -13,7 +13,7 @@ import click
 from click.core import ParameterSource
 
 from ..cleaning import CLEAN_MODES
-from ..data import is_blank, is_utf8, read_examples, read_texts
+from ..data import ReadStats, TextSource, is_blank, is_utf8, read_examples, read_table, read_texts, write_table
 from ..encoders.base import LONG_TEXT_STRATEGIES
 from ..errors import InputError
 from ..text import TextSettings
@@ -28,7 +28,8 @@ from ._common import (
     load_label_map,
     open_classifier,
     store_options,
-    text_col_option,
+    text_source,
+    text_source_options,
 )
 
 
@@ -46,7 +47,7 @@ def _with_unknown(mapping: dict[str, str] | None, unknown_label: str | None) -> 
 
 @click.command()
 @click.argument("tickets", type=INPUT_FILE)
-@text_col_option
+@text_source_options
 @label_col_option
 @click.option("--id-col", default=None, help="Column holding a stable id (default: a hash of the text).")
 @label_map_option
@@ -90,7 +91,9 @@ def _with_unknown(mapping: dict[str, str] | None, unknown_label: str | None) -> 
 @store_options
 def index(
     tickets: Path,
-    text_col: str,
+    text_cols: tuple[str, ...],
+    text_template: str | None,
+    delimiter: str | None,
     label_col: str,
     id_col: str | None,
     label_map: Path | None,
@@ -115,7 +118,10 @@ def index(
     from ..jobs.shard import Checkpoint, parse_shard, select_shard
 
     spec = parse_shard(shard or "0/1")
-    examples = select_shard(read_examples(tickets, text_col, label_col, id_col, load_label_map(label_map)), spec)
+    settings = _text_settings(_peek_stamp(so), clean, long_text, text_cols, text_template)
+    stats = ReadStats()  # the whole file is checked before the store is opened for writing
+    rows = read_examples(tickets, settings.source(), label_col, id_col, load_label_map(label_map), stats, delimiter)
+    examples = select_shard(rows, spec)
     clf = open_classifier(encoder_dir=encoder_dir, create=True, **so)
     default_dir = Path("knnclass-checkpoints") if so.get("qdrant_url") else so["store"] / "checkpoints"
     ckpt = Checkpoint(checkpoint_dir or default_dir, tickets, spec, so["collection"], batch_size)
@@ -140,28 +146,57 @@ def index(
                 skip_batches=skip,
                 on_batch=(lambda k: ckpt.record(k, total)) if shard else None,
                 create=create,
-                text=_text_settings(clf, clean, long_text),
+                text=settings,
             )
         count = clf.store.count(ref)
+    click.echo(f"read {tickets.name}: {stats.describe()}")
     if shard:
         click.echo(f"shard {spec}: {len(examples)} examples ({skip} batches resumed from checkpoint)")
     click.echo(f"indexed {len(examples)} examples into {ref.name} ({ref.version}); collection holds {count}")
 
 
-def _text_settings(clf: Any, clean: str | None, long_text: str | None) -> TextSettings | None:
-    """The settings asked for (defaults filled from the stamp or the defaults); None when nothing was asked."""
-    if clean is None and long_text is None:
+def _peek_stamp(so: dict[str, Any]) -> TextSettings | None:
+    """The existing collection's text settings, read without creating anything."""
+    if not (so.get("qdrant_url") or Path(so["store"]).exists()):
         return None
-    stamped = TextSettings.from_meta(clf.meta().text) if clf.exists() else TextSettings()
-    return TextSettings(clean or stamped.clean, long_text or stamped.long)
+    clf = open_classifier(create=False, **so)
+    with clf.store:
+        return _stamped(clf)
+
+
+def _text_settings(
+    stamped: TextSettings | None,
+    clean: str | None,
+    long_text: str | None,
+    text_cols: tuple[str, ...],
+    template: str | None,
+) -> TextSettings:
+    """The collection's text settings (`stamped`) with what the command line changes (index refuses a change)."""
+    stamped = stamped or TextSettings()
+    src = text_source(text_cols, template, stamped.source())
+    return TextSettings(clean or stamped.clean, long_text or stamped.long, src.fields, src.template)
+
+
+def _stamped(clf: Any) -> TextSettings | None:
+    """The text settings of the collection's current version, if it exists."""
+    return TextSettings.from_meta(clf.meta().text) if clf.exists() else None
+
+
+def _source_for(so: dict[str, Any], text_cols: tuple[str, ...], template: str | None) -> TextSource:
+    """The columns to read: as given, else as the collection was indexed."""
+    if text_cols or template:
+        return text_source(text_cols, template)
+    stamped = _peek_stamp(so)
+    return stamped.source() if stamped else TextSource()
 
 
 @click.command()
 @click.option("--validation", type=INPUT_FILE, default=None, help="Labelled CSV to tune on (default: leave-one-out).")
 @click.option("--unknown-label", default=None, help="Validation label meaning 'out of scope': must be abstained on.")
-@text_col_option
+@text_source_options
 @label_col_option
 @label_map_option
+@click.option("--id-col", default=None, help="Column holding each row's id (validation rows sharing one collapse).")
 @click.option(
     "--target-accuracy",
     type=click.FloatRange(0, 1, min_open=True),
@@ -193,9 +228,12 @@ def _text_settings(clf: Any, clean: str | None, long_text: str | None) -> TextSe
 def tune(
     validation: Path | None,
     unknown_label: str | None,
-    text_col: str,
+    text_cols: tuple[str, ...],
+    text_template: str | None,
+    delimiter: str | None,
     label_col: str,
     label_map: Path | None,
+    id_col: str | None,
     target_accuracy: float | None,
     target_unknown_recall: float | None,
     unknown_weight: float,
@@ -210,13 +248,17 @@ def tune(
     """
     if validation is None:
         ctx = click.get_current_context()
-        given = [f"--{n.replace('_', '-')}" for n in ("text_col", "label_col", "label_map") if _given(ctx, n)]
+        names = ("text_cols", "text_template", "delimiter", "label_col", "label_map")
+        given = [f"--{n.replace('_', '-').replace('cols', 'col')}" for n in names if _given(ctx, n)]
         if given:
             raise InputError(
                 f"{', '.join(given)} describe the --validation file; without one, tune uses the stored labels"
             )
     mapping = _with_unknown(load_label_map(label_map), unknown_label)
-    val = read_examples(validation, text_col, label_col, None, mapping) if validation else None
+    src = _source_for(so, text_cols, text_template) if validation else None
+    val = (
+        read_examples(validation, src, label_col, id_col, mapping, delimiter=delimiter) if validation and src else None
+    )
     clf = open_classifier(create=False, **so)
     objective = Objective(target_accuracy, target_unknown_recall, unknown_weight, unknown_rate)
     with clf.store:
@@ -250,23 +292,29 @@ def tune(
 @click.command()
 @click.argument("test", type=INPUT_FILE)
 @click.option("--unknown-label", default=None, help="Test label meaning 'out of scope'.")
-@text_col_option
+@text_source_options
 @label_col_option
 @label_map_option
+@click.option("--id-col", default=None, help="Column holding each row's id (rows sharing one collapse).")
 @click.option("--json", "as_json", is_flag=True, help="Print the metrics as one JSON object.")
 @store_options
 def evaluate(
     test: Path,
     unknown_label: str | None,
-    text_col: str,
+    text_cols: tuple[str, ...],
+    text_template: str | None,
+    delimiter: str | None,
     label_col: str,
     label_map: Path | None,
+    id_col: str | None,
     as_json: bool,
     **so: Any,
 ) -> None:
     """Score the tuned rule on a labelled TEST file."""
     mapping = _with_unknown(load_label_map(label_map), unknown_label)
-    examples = read_examples(test, text_col, label_col, None, mapping)
+    examples = read_examples(
+        test, _source_for(so, text_cols, text_template), label_col, id_col, mapping, delimiter=delimiter
+    )
     clf = open_classifier(create=False, **so)
     with clf.store:
         m = clf.evaluate(examples, unknown_label)
@@ -289,16 +337,25 @@ def evaluate(
 
 @click.command()
 @click.argument("texts", nargs=-1)
-@click.option("--input", "input_path", type=INPUT_FILE, default=None, help="CSV/JSONL of tickets to classify.")
-@text_col_option
-@click.option("--output", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Write a CSV here.")
+@click.option(
+    "--input", "input_path", type=INPUT_FILE, default=None, help="CSV/TSV/JSONL/JSON/Parquet of tickets to classify."
+)
+@text_source_options
+@click.option(
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Write every input column, then the predictions (.csv, .tsv, .jsonl, .json or .parquet).",
+)
 @click.option("-k", "k", type=click.IntRange(1, 256), default=None, help="Override the tuned k.")
 @click.option("--json", "as_json", is_flag=True, help="Print predictions as JSON.")
 @store_options
 def classify(
     texts: tuple[str, ...],
     input_path: Path | None,
-    text_col: str,
+    text_cols: tuple[str, ...],
+    text_template: str | None,
+    delimiter: str | None,
     output: Path | None,
     k: int | None,
     as_json: bool,
@@ -309,7 +366,10 @@ def classify(
         raise InputError("give ticket texts as arguments or --input FILE (one of the two)")
     if input_path and output and output.resolve() == input_path.resolve():
         raise InputError("--output is the --input file; write the predictions somewhere else")
-    items = read_texts(input_path, text_col) if input_path else [t.strip() for t in texts]
+    if input_path:
+        header, rows, items = read_table(input_path, _source_for(so, text_cols, text_template), delimiter)
+    else:
+        header, rows, items = ["text"], [{"text": t.strip()} for t in texts], [t.strip() for t in texts]
     if any(is_blank(t) for t in items):
         raise InputError("empty ticket text")
     if not all(is_utf8(t) for t in items):
@@ -318,15 +378,15 @@ def classify(
     with clf.store:
         preds, ref, rule = clf.classify(items, k=k)
     if output:
-        with output.open("w", newline="") as f:
-            w = csv.writer(f)
-            head = ["text", "label", "confidence", "abstained", "reason", "suggestion", "alternatives", "shortened"]
-            w.writerow([*head, "neighbours"])
-            for t, p in zip(items, preds, strict=True):
-                nb = ";".join(f"{n.id}:{n.label}:{n.score:.4f}" for n in p.neighbours)
-                alts = ";".join(f"{lab}:{c:.4f}" for lab, c in p.alternatives)
-                row = [t, p.label or "", f"{p.confidence:.4f}", p.abstained, p.reason or "", p.suggestion or ""]
-                w.writerow([*row, alts, p.shortened, nb])
+        pred_cols = ["label", "confidence", "abstained", "reason", "suggestion", "alternatives", "shortened"]
+        taken = [c if c not in header else f"predicted_{c}" for c in [*pred_cols, "neighbours"]]
+        out_rows = []
+        for row, p in zip(rows, preds, strict=True):
+            nb = ";".join(f"{n.id}:{n.label}:{n.score:.4f}" for n in p.neighbours)
+            alts = ";".join(f"{lab}:{c:.4f}" for lab, c in p.alternatives)
+            pred = [p.label or "", round(p.confidence, 4), p.abstained, p.reason or "", p.suggestion or ""]
+            out_rows.append([*(row[h] for h in header), *pred, alts, p.shortened, nb])
+        write_table(output, [*header, *taken], out_rows)
     if as_json:
         emit_json(
             {
@@ -373,7 +433,7 @@ def info(as_json: bool, **so: Any) -> None:
 
 @click.command()
 @click.argument("tickets", type=INPUT_FILE)
-@text_col_option
+@text_source_options
 @click.option(
     "--clean", "mode", type=click.Choice(CLEAN_MODES), default=None, help="Default: the collection's, else email."
 )
@@ -382,7 +442,15 @@ def info(as_json: bool, **so: Any) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON lines.")
 @store_options
 def clean(
-    tickets: Path, text_col: str, mode: str | None, limit: int | None, output: Path | None, as_json: bool, **so: Any
+    tickets: Path,
+    text_cols: tuple[str, ...],
+    text_template: str | None,
+    delimiter: str | None,
+    mode: str | None,
+    limit: int | None,
+    output: Path | None,
+    as_json: bool,
+    **so: Any,
 ) -> None:
     """Show what the encoder will see of each ticket in TICKETS: the cleaned text and its token count.
 
@@ -390,7 +458,7 @@ def clean(
     """
     from ..text import prepare
 
-    texts = read_texts(tickets, text_col)[:limit]
+    texts = read_texts(tickets, text_source(text_cols, text_template), delimiter)[:limit]
     meta = None
     if so.get("qdrant_url") or Path(so["store"]).exists():  # the collection's settings and encoder, if any
         clf = open_classifier(create=False, **so)
@@ -411,9 +479,9 @@ def clean(
     ]
     if output:
         with output.open("w", newline="") as f:
-            w = csv.DictWriter(f, [text_col, *rows[0]])
+            w = csv.DictWriter(f, ["text", *rows[0]])
             w.writeheader()
-            w.writerows({text_col: t, **r} for t, r in zip(texts, rows, strict=True))
+            w.writerows({"text": t, **r} for t, r in zip(texts, rows, strict=True))
         click.echo(f"wrote {len(rows)} cleaned tickets to {output}")
     elif as_json:
         for r in rows:

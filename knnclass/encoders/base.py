@@ -10,7 +10,7 @@ import numpy as np
 
 from ..errors import InputError
 
-__all__ = ["LONG_TEXT_STRATEGIES", "Encoder", "check_long", "chunk_spans", "head_tail"]
+__all__ = ["LONG_TEXT_STRATEGIES", "Encoder", "check_long", "chunk_spans", "head_tail", "same_encoder"]
 
 # What `embed` does with a text past `max_tokens`:
 #   head       keep its start (and the final special token): what Hugging Face truncation does
@@ -19,6 +19,16 @@ __all__ = ["LONG_TEXT_STRATEGIES", "Encoder", "check_long", "chunk_spans", "head
 LONG_TEXT_STRATEGIES: tuple[str, ...] = ("head", "head_tail", "chunk")
 
 T = TypeVar("T")
+
+
+def same_encoder(a: str, b: str) -> bool:
+    """Whether two encoder identities name the same computation.
+
+    An identity is `NAME-QUANTISATION-HASH`, the hash taken over the exported graph, the
+    tokenizer and the pooling settings; NAME is only a label (a model dir's folder name), so
+    the same model exported from another folder is the same encoder.
+    """
+    return a == b or a.rsplit("-", 2)[1:] == b.rsplit("-", 2)[1:] != []
 
 
 def check_long(long: str) -> None:

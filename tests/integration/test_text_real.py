@@ -79,3 +79,32 @@ def test_cli_and_http_give_the_same_answer_for_a_long_ticket(tmp_path: Path, dat
         assert http_pred[key] == cli_pred[key], key
     assert http_pred["confidence"] == pytest.approx(cli_pred["confidence"], abs=1e-6)
     assert [n["id"] for n in http_pred["neighbours"]] == [n["id"] for n in cli_pred["neighbours"]]
+
+
+def test_tickets_with_subject_body_and_ids_join_back(tmp_path: Path, data_dir: Path) -> None:
+    import csv
+
+    rows = list(csv.DictReader((data_dir / "train.csv").open()))[::40]
+    src = tmp_path / "tickets.tsv"
+    with src.open("w", newline="") as f:
+        w = csv.writer(f, delimiter="\t")
+        w.writerow(["Ticket_ID", "Subject", "Body", "Queue", "product"])
+        for i, r in enumerate(rows):
+            w.writerow([f"T-{i}", r["text"].split()[0], r["text"], r["category"], "cards" if i % 2 else "loans"])
+    store = ["--store", str(tmp_path / "store")]
+    r = CliRunner()
+    args = ["index", str(src), "--text-col", "subject", "--text-col", "body", "--label-col", "queue"]
+    res = r.invoke(cli, [*args, "--id-col", "ticket_id", *store])
+    assert res.exit_code == 0, res.output
+    assert f"{len(rows)} rows, {len(rows)} unique ids" in res.output
+    assert r.invoke(cli, ["tune", *store]).exit_code == 0
+    out = tmp_path / "pred.jsonl"
+    res = r.invoke(cli, ["classify", "--input", str(src), "--output", str(out), *store])  # the stamped fields
+    assert res.exit_code == 0, res.output
+    preds = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [p["Ticket_ID"] for p in preds] == [f"T-{i}" for i in range(len(rows))]
+    assert list(preds[0])[:5] == ["Ticket_ID", "Subject", "Body", "Queue", "product"]
+    assert list(preds[0])[5] == "label" and sum(p["suggestion"] == p["Queue"] for p in preds) > 0.9 * len(preds)
+    # evaluate reads the stamped composition (subject + body) too
+    res = r.invoke(cli, ["evaluate", str(src), "--label-col", "queue", "--json", *store])
+    assert res.exit_code == 0 and json.loads(res.stdout)["guess_accuracy"] > 0.9, res.output

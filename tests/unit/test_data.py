@@ -107,3 +107,58 @@ def test_line_numbers_and_missing_jsonl_keys(tmp_path: Path) -> None:
     csv_path.write_text('text,category\n"two\nlines",x\n,y\n')
     with pytest.raises(InputError, match=r"t\.csv:4: empty text"):  # counted from where the record starts
         read_examples(csv_path)
+
+
+def test_tsv_semicolons_json_arrays_and_case_insensitive_headers(tmp_path: Path) -> None:
+    from knnclass.data import read_table
+
+    tsv = write(tmp_path, "Text\tCategory\nmy card, broken\ta\n", "t.tsv")
+    assert [(e.text, e.label) for e in read_examples(tsv)] == [("my card, broken", "a")]
+    semi = write(tmp_path, "text;category\nhello, there;b\n", "s.csv")  # sniffed from the header
+    assert read_examples(semi)[0].text == "hello, there"
+    arr = write(tmp_path, '[{"text": "x", "category": "c", "n": 3}, {"text": "y", "category": "d"}]', "a.json")
+    header, rows, texts = read_table(arr)
+    assert header == ["text", "category", "n"] and rows[0]["n"] == "3" and rows[1]["n"] == "" and texts == ["x", "y"]
+    with pytest.raises(InputError, match="array of objects"):
+        read_examples(write(tmp_path, '{"text": "x"}', "o.json"))
+    with pytest.raises(InputError, match=r"no text column 'body' \(columns: Text, Category\)"):
+        read_examples(tsv, "body")
+
+
+def test_text_from_several_fields_or_a_template(tmp_path: Path) -> None:
+    from knnclass.data import TextSource
+
+    p = write(tmp_path, "id,subject,body,category\n1,Card lost,I lost it yesterday,a\n2,,only a body,b\n")
+    ex = read_examples(p, TextSource(("subject", "body")), id_col="id")
+    assert [e.text for e in ex] == ["Card lost\n\nI lost it yesterday", "only a body"]
+    ex = read_examples(p, TextSource((), "Subject: {subject}\n{body}"), id_col="ID")
+    assert ex[0].text == "Subject: Card lost\nI lost it yesterday" and ex[0].id == "1"
+    with pytest.raises(InputError, match="no text column 'title'"):
+        read_examples(p, TextSource(("subject", "title")))
+    with pytest.raises(InputError, match="names no"):
+        TextSource((), "no fields here")
+
+
+def test_reading_reports_duplicates_and_conflicting_labels(tmp_path: Path) -> None:
+    from knnclass.data import ReadStats
+
+    p = write(tmp_path, "id,text,category\n1,a,x\n2,b,y\n1,a,z\n3,c,y\n3,c,y\n")
+    stats = ReadStats()
+    ex = read_examples(p, id_col="id", stats=stats)
+    assert [(e.id, e.label) for e in ex] == [("1", "z"), ("2", "y"), ("3", "y")]
+    assert (stats.rows, stats.unique, stats.duplicates) == (5, 3, 2)
+    assert stats.conflicts == [{"id": "1", "labels": "x/z", "kept": "z"}]
+    assert "1 with conflicting labels" in stats.describe()
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".tsv", ".jsonl", ".json"])
+def test_write_table_round_trips_by_extension(tmp_path: Path, suffix: str) -> None:
+    from knnclass.data import read_table, write_table
+
+    out = tmp_path / f"o{suffix}"
+    write_table(out, ["id", "text", "label"], [["7", "hello, world", "a"], ["8", "line\ttab", None]])
+    header, rows, texts = read_table(out)
+    assert header == ["id", "text", "label"] and texts == ["hello, world", "line\ttab"]
+    assert [r["id"] for r in rows] == ["7", "8"] and rows[1]["label"] == ""
+    with pytest.raises(InputError, match="unknown output format"):
+        write_table(tmp_path / "o.xlsx", ["a"], [["1"]])

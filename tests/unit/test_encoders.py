@@ -129,3 +129,12 @@ def test_cli_export_refuses_a_foreign_out_dir(tmp_path: Path) -> None:
     r = CliRunner().invoke(cli, ["export", "--out", str(tmp_path)])
     assert r.exit_code != 0 and "not a knnclass encoder" in r.stderr and "Traceback" not in r.stderr
     assert (tmp_path / "keep.txt").read_text() == "precious"
+
+
+def test_identity_ignores_the_folder_name_not_the_content() -> None:
+    from knnclass.encoders.base import same_encoder
+
+    assert same_encoder("all-MiniLM-L6-v2-int8-8dc68509361382c6", "my-copy-int8-8dc68509361382c6")
+    assert not same_encoder("all-MiniLM-L6-v2-int8-8dc68509361382c6", "all-MiniLM-L6-v2-int8-0000000000000000")
+    assert not same_encoder("all-MiniLM-L6-v2-int8-8dc68509361382c6", "all-MiniLM-L6-v2-none-8dc68509361382c6")
+    assert same_encoder("fake-1234", "fake-1234") and not same_encoder("fake-1234", "fake-5678")

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .data import Example, is_blank
+from .data import Example, TextSource, is_blank
 from .encoders.base import Encoder, same_encoder
 from .errors import (
     EncoderMismatchError,
@@ -78,12 +78,14 @@ class Prediction:
 
 @dataclass(frozen=True)
 class ClassifyRequest:
-    """One caller's texts and overrides; `truncate=False` refuses texts over the token limit."""
+    """One caller's texts (or `fields`, composed as the collection was indexed) and overrides;
+    `truncate=False` refuses texts over the token limit."""
 
     texts: Sequence[str]
     rule: Rule | None = None
     k: int | None = None
     truncate: bool = True
+    fields: Sequence[Mapping[str, str]] = ()
 
 
 @dataclass(frozen=True)
@@ -315,8 +317,15 @@ class Classifier:
         t0 = time.perf_counter()
         plans: list[Rule | KnnclassError] = []
         seen: list[Prepared] = []
+        source = settings.source()
         for req in requests:
-            seen.append(prepare(enc, req.texts, settings))
+            try:
+                raw = list(req.texts) if req.texts else [_compose(source, f) for f in req.fields]
+            except KnnclassError as e:
+                seen.append(Prepared([], []))
+                plans.append(e)
+                continue
+            seen.append(prepare(enc, raw, settings))
             try:
                 if not req.truncate:
                     self.check_length(enc, seen[-1])
@@ -328,12 +337,12 @@ class Classifier:
         t1 = time.perf_counter()
         out: list[ClassifyResult | KnnclassError] = []
         pos = 0
-        for req, plan, prep in zip(requests, plans, seen, strict=True):
+        for plan, prep in zip(plans, seen, strict=True):
             if not isinstance(plan, Rule):
                 out.append(plan)
                 continue
-            part = vecs[pos : pos + len(req.texts)]
-            pos += len(req.texts)
+            part = vecs[pos : pos + len(prep.texts)]
+            pos += len(prep.texts)
             preds = self.classify_vectors(part, ref, plan, with_text, meta)
             preds = [replace(p, shortened=s) for p, s in zip(preds, prep.shortened, strict=True)]
             out.append(ClassifyResult(preds, ref, plan, enc.identity))
@@ -521,6 +530,18 @@ class Classifier:
     def iter_examples(self, ref: Ref | None = None) -> Iterable[Example]:
         for examples, _ in self.store.scroll(ref or self.ref()):
             yield from examples
+
+
+def _compose(source: TextSource, fields: Mapping[str, str]) -> str:
+    """A ticket's text from named fields, as the collection composes it; unknown names are refused."""
+    known = source.template_fields()
+    extra = sorted(set(fields) - set(known))
+    if extra:
+        raise InputError(f"fields: unknown field {extra[0]!r}; this collection's text comes from {', '.join(known)}")
+    text = source.compose(dict(fields))
+    if is_blank(text):
+        raise InputError(f"fields: no text in {', '.join(known)}")
+    return text
 
 
 def _check_labels(truth: Sequence[str], stored: set[str], unknown_label: str | None) -> None:

@@ -358,7 +358,8 @@ def create_app(classifier: Classifier, settings: ServiceSettings | None = None) 
     )
     async def classify(body: ClassifyBody) -> dict[str, Any]:
         rule = Rule(**body.rule.model_dump()) if body.rule else None
-        res = await engine.classify(ClassifyRequest(body.all_texts(), rule, body.k, body.truncate))
+        fields = [body.fields] if body.fields is not None else []
+        res = await engine.classify(ClassifyRequest(body.all_texts(), rule, body.k, body.truncate, fields))
         return {
             "predictions": [p.to_dict(body.include_neighbours) for p in res.predictions],
             "collection": res.ref.name,

@@ -66,7 +66,7 @@ class Engine:
         loop = asyncio.get_running_loop()
         while True:
             jobs = [await self._queue.get()]
-            n = len(jobs[0].request.texts)
+            n = len(jobs[0].request.texts) or 1
             deadline = time.perf_counter() + self.wait_s
             while n < self.max_batch:
                 if not self._queue.empty():
@@ -79,7 +79,7 @@ class Engine:
                 else:
                     break
                 jobs.append(job)
-                n += len(job.request.texts)
+                n += len(job.request.texts) or 1
             try:
                 results = await loop.run_in_executor(self._read, self._run_batch, jobs)
             except Exception as e:  # delivered to every waiting request

@@ -45,6 +45,7 @@ class RuleIn(_Strict):
 class ClassifyBody(_Strict):
     text: StrictStr | None = None
     texts: list[StrictStr] | None = Field(None, min_length=1, max_length=MAX_TEXTS)
+    fields: dict[StrictStr, StrictStr] | None = Field(None, min_length=1, max_length=64)
     k: StrictInt | None = Field(None, ge=1, le=256)
     rule: RuleIn | None = None
     include_neighbours: StrictBool = True
@@ -52,8 +53,13 @@ class ClassifyBody(_Strict):
 
     @model_validator(mode="after")
     def _one_of(self) -> ClassifyBody:
-        if (self.text is None) == (self.texts is None):
-            raise ValueError("give exactly one of 'text' or 'texts'")
+        if sum(x is not None for x in (self.text, self.texts, self.fields)) != 1:
+            raise ValueError("give exactly one of 'text', 'texts' or 'fields'")
+        if self.fields is not None:
+            if all(is_blank(v) for v in self.fields.values()):
+                raise ValueError("fields must not all be empty")
+            for v in self.fields.values():
+                _encodable(v, "field")
         for t in self.all_texts():
             if is_blank(t):
                 raise ValueError("texts must not be empty")

@@ -345,3 +345,11 @@ def test_fuzzed_requests_never_5xx(tmp_path: Path) -> None:
         assert client.get("/livez").status_code == 200
     assert sum(codes.values()) == 1500
     assert codes[200] > 0 and codes[422] > 0 and codes[404] > 0 and codes[413] > 0
+
+
+def test_fields_are_composed_as_the_collection_was_indexed(client: TestClient) -> None:
+    d = client.post("/v1/classify", json={"fields": {"text": "pin reset please"}}).json()
+    assert d["predictions"][0]["suggestion"] == "pin"  # this collection was indexed from the "text" column
+    err = _err(client.post("/v1/classify", json={"fields": {"subject": "pin", "body": "reset"}}), 422)
+    assert "unknown field 'body'" in err["message"] and "comes from text" in err["message"]
+    _err(client.post("/v1/classify", json={"text": "pin", "fields": {"text": "pin"}}), 422)

@@ -66,3 +66,19 @@ def test_predictions_say_when_a_text_was_shortened(tmp_path: Path) -> None:
     short, longp = clf.classify(["card trouble", long])[0]
     assert not short.shortened and longp.shortened and longp.suggestion == "card"
     assert longp.to_dict()["shortened"] is True
+
+
+def test_requests_with_fields_compose_like_the_index(tmp_path: Path) -> None:
+    from knnclass.classifier import ClassifyRequest
+
+    clf = Classifier(EdgeStore(tmp_path / "s"), "tickets", encoder=FakeEncoder(topics=TOPICS))
+    clf.index(_examples(), text=TextSettings(fields=("subject", "body")))
+    clf.tune()
+    one, bad = clf.classify_batch(
+        [
+            ClassifyRequest([], fields=[{"subject": "pin", "body": "pin problem 3 please help"}]),
+            ClassifyRequest([], fields=[{"title": "pin"}]),
+        ]
+    )
+    assert not isinstance(one, Exception) and one.predictions[0].suggestion == "pin"
+    assert isinstance(bad, InputError) and "unknown field 'title'" in str(bad)

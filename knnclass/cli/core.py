@@ -498,4 +498,47 @@ def clean(
     )
 
 
-COMMANDS = [index, tune, evaluate, classify, info, clean]
+@click.command()
+@click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+@store_options
+def collections(as_json: bool, **so: Any) -> None:
+    """Every collection of the store: current version, versions, count, labels, tuned rule, text settings."""
+    from ..classifier import Classifier
+
+    clf = open_classifier(create=False, **so)
+    out: list[dict[str, Any]] = []
+    with clf.store:
+        for name in clf.store.list_collections():
+            c = Classifier(clf.store, name)
+            if not c.exists():
+                continue
+            ref = c.ref()
+            meta = c.meta(ref)
+            labels = clf.store.label_counts(ref)
+            out.append(
+                {
+                    "collection": name,
+                    "version": ref.version,
+                    "versions": clf.store.versions(name),
+                    "count": clf.store.count(ref),
+                    "labels": len(labels),
+                    "label_counts": labels,
+                    "encoder": meta.encoder,
+                    "rule": Rule.from_dict(meta.rule).describe() if meta.rule else None,
+                    "text": TextSettings.from_meta(meta.text).to_dict(),
+                }
+            )
+    if as_json:
+        emit_json(out)
+        return
+    if not out:
+        click.echo("no collections")
+    for d in out:
+        rule = d["rule"] or "not tuned"
+        click.echo(
+            f"{d['collection']:<20} {d['version']:<5} versions {','.join(d['versions']):<12} "
+            f"count {d['count']:<8} labels {d['labels']:<5} {rule}"
+        )
+
+
+COMMANDS = [index, tune, evaluate, classify, info, clean, collections]

@@ -146,3 +146,15 @@ def test_tune_unknown_label_without_validation(tuned_store: Path) -> None:
 def test_missing_file_is_a_usage_error(tmp_path: Path) -> None:
     code, _, err = invoke("index", str(tmp_path / "nope.csv"), "--store", str(tmp_path / "s"))
     assert code == 2 and "does not exist" in err and "Traceback" not in err
+
+
+def test_collections_lists_every_collection(tuned_store: Path) -> None:
+    import json
+
+    code, out, err = invoke("collections", "--store", str(tuned_store), "--json")
+    assert code == 0, err
+    (d,) = json.loads(out)
+    assert (d["collection"], d["version"], d["count"], d["labels"]) == ("tickets", "v1", 10, 2)
+    assert d["label_counts"] == {"a": 5, "b": 5} and d["rule"].startswith("majority")
+    code, out, _ = invoke("collections", "--store", str(tuned_store))
+    assert code == 0 and out.startswith("tickets") and "count 10" in out

@@ -9,8 +9,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .cleaning import clean_texts
 from .data import Example, TextSource, is_blank
-from .encoders.base import Encoder, same_encoder
+from .encoders.base import LONG_TEXT_STRATEGIES, Encoder, same_encoder
 from .errors import (
     EncoderMismatchError,
     ExampleNotFoundError,
@@ -445,6 +446,29 @@ class Classifier:
         result = self.tune_version(ref, validation, unknown_label, objective, self._head(meta))
         self.stamp(ref, result)
         return result
+
+    def set_long_text(self, validation: Sequence[Example] | None, long: str) -> dict[str, float]:
+        """Set the long-text strategy for incoming tickets; "auto" picks the one whose guesses
+        score best on `validation` (returned per strategy). Stored examples keep their vectors;
+        promote re-embeds them with the new setting."""
+        ref = self.ref()
+        meta = self.meta(ref)
+        settings = TextSettings.from_meta(meta.text)
+        scores: dict[str, float] = {}
+        if long == "auto":
+            if not validation:
+                raise InputError("--long-text auto needs --validation (it picks by validation accuracy)")
+            enc = self.encoder_for(meta)
+            cleaned = clean_texts([e.text for e in validation], settings.clean)
+            truth = [e.label for e in validation]
+            n = self.store.count(ref)
+            for strategy in LONG_TEXT_STRATEGIES:
+                hits = self.store.search(ref, enc.embed(cleaned, long=strategy), min(K_MAX, n))
+                scores[strategy] = tune_rule(truth, hits, n).best.score
+            long = max(LONG_TEXT_STRATEGIES, key=lambda st: (scores[st], st == settings.long))
+        chosen = replace(settings, long=long)  # validates the name
+        self.store.set_meta(ref, meta.with_(text=chosen.to_dict()))
+        return scores
 
     def stamp(self, ref: Ref, result: TuningResult, **changes: Any) -> None:
         """Store a tuning result (rule, summary, calibration policy) on version `ref`."""

@@ -223,6 +223,12 @@ def _source_for(so: dict[str, Any], text_cols: tuple[str, ...], template: str | 
     show_default=True,
     help="Without unknown rows: the share of in-scope tickets the novelty floor may flag as unknown.",
 )
+@click.option(
+    "--long-text",
+    type=click.Choice(["auto", *LONG_TEXT_STRATEGIES]),
+    default=None,
+    help="Long-text strategy for incoming tickets; auto: the best on --validation.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @store_options
 def tune(
@@ -238,6 +244,7 @@ def tune(
     target_unknown_recall: float | None,
     unknown_weight: float,
     unknown_rate: float,
+    long_text: str | None,
     as_json: bool,
     **so: Any,
 ) -> None:
@@ -262,10 +269,21 @@ def tune(
     clf = open_classifier(create=False, **so)
     objective = Objective(target_accuracy, target_unknown_recall, unknown_weight, unknown_rate)
     with clf.store:
+        long_scores = clf.set_long_text(val, long_text) if long_text else {}
         result = clf.tune(val, unknown_label, objective)
+    if long_scores and not as_json:
+        best = max(long_scores, key=lambda k: long_scores[k])
+        click.echo("long texts: " + ", ".join(f"{k} {v:.4f}" for k, v in long_scores.items()) + f" -> {best}")
     ranked = sorted(result.candidates, key=lambda c: -c.score)
     if as_json:
-        emit_json({**result.summary(), "tradeoff": result.tradeoff, "candidates": [c.to_dict() for c in ranked]})
+        emit_json(
+            {
+                **result.summary(),
+                "long_text": long_scores,
+                "tradeoff": result.tradeoff,
+                "candidates": [c.to_dict() for c in ranked],
+            }
+        )
         return
     click.echo(f"tuned on {result.n} examples ({result.mode}); {len(ranked)} candidates")
     click.echo(f"{'vote':<9} {'size':<10} {'k':>4} {'accuracy':>8} {'macro_f1':>8}")

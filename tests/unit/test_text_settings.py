@@ -82,3 +82,20 @@ def test_requests_with_fields_compose_like_the_index(tmp_path: Path) -> None:
     )
     assert not isinstance(one, Exception) and one.predictions[0].suggestion == "pin"
     assert isinstance(bad, InputError) and "unknown field 'title'" in str(bad)
+
+
+def test_tune_can_pick_the_long_text_strategy_by_validation(tmp_path: Path) -> None:
+    clf = Classifier(EdgeStore(tmp_path / "s"), "tickets", encoder=FakeEncoder(topics=TOPICS, max_tokens=8))
+    clf.index(_examples())
+    clf.tune()
+    # the topic only in the middle of each long validation ticket: head_tail cuts it out
+    # (the fake encoder's "head" reads every word; its head_tail and chunk work on words)
+    pad = " ".join(["hello there"] * 10)
+    val = [Example(f"v{i}", f"{pad} {t} problem {pad}", t) for i, t in enumerate(TOPICS * 3)]
+    scores = clf.set_long_text(val, "auto")
+    assert set(scores) == {"head", "head_tail", "chunk"} and scores["head_tail"] < max(scores.values())
+    assert clf.meta().text["long"] == max(scores, key=lambda k: (scores[k], k == "head"))
+    with pytest.raises(InputError, match="needs --validation"):
+        clf.set_long_text(None, "auto")
+    clf.set_long_text(None, "chunk")
+    assert clf.meta().text["long"] == "chunk"

@@ -142,24 +142,23 @@ def _curve(sc: Scored, eligible: np.ndarray, correct: np.ndarray, unknown: np.nd
         }
 
 
+def _constrained(curve: dict[str, np.ndarray], key: str, target: float, maximise: str) -> tuple[int, float, bool]:
+    """The point maximising `maximise` among those whose `key` reaches `target`; else the highest `key`."""
+    ok = curve[key] >= target - 1e-12
+    if ok.any():
+        value = np.where(ok, curve[maximise], -1.0)
+        i = int(np.argmax(value))
+        return i, float(value[i]), True
+    i = int(np.nanargmax(curve[key]))
+    return i, float(curve[maximise][i]), False
+
+
 def _choose(curve: dict[str, np.ndarray], objective: Objective, has_unknown: bool) -> tuple[int, float, bool]:
     """Index of the chosen point on `curve`, its objective value, and whether a target was met."""
     if objective.target_accuracy is not None:
-        ok = curve["answered_accuracy"] >= objective.target_accuracy - 1e-12
-        if ok.any():
-            value = np.where(ok, curve["coverage"], -1.0)
-            i = int(np.argmax(value))
-            return i, float(value[i]), True
-        i = int(np.argmax(curve["answered_accuracy"]))
-        return i, float(curve["coverage"][i]), False
+        return _constrained(curve, "answered_accuracy", objective.target_accuracy, "coverage")
     if objective.target_unknown_recall is not None:
-        ok = curve["unknown_recall"] >= objective.target_unknown_recall - 1e-12
-        if ok.any():
-            value = np.where(ok, curve["in_scope_accuracy"], -1.0)
-            i = int(np.argmax(value))
-            return i, float(value[i]), True
-        i = int(np.nanargmax(curve["unknown_recall"]))
-        return i, float(curve["in_scope_accuracy"][i]), False
+        return _constrained(curve, "unknown_recall", objective.target_unknown_recall, "in_scope_accuracy")
     if has_unknown:
         w = objective.unknown_weight
         value = (1 - w) * curve["in_scope_accuracy"] + w * curve["unknown_recall"]

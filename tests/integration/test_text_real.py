@@ -12,18 +12,7 @@ from knnclass.cli import cli
 
 pytestmark = pytest.mark.usefixtures("real_encoder")
 
-EMAIL = """Hi team,
-
-my card problem is back again, please help
-
-Best regards,
-Jane Doe
-Senior Buyer | Example Ltd
-
-On Tue, 3 Mar 2026 at 10:12, Support <help@bank.example> wrote:
-> transfer transfer transfer pending for days
-> transfer late transfer
-"""
+EMAIL = (Path(__file__).parents[1] / "data" / "emails" / "short_thread.txt").read_text()
 
 
 def test_clean_command_shows_what_the_encoder_sees(tmp_path: Path) -> None:

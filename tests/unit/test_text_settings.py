@@ -14,18 +14,7 @@ from knnclass.store.edge import EdgeStore
 from knnclass.text import TextSettings
 
 TOPICS = ["card", "transfer", "pin"]
-EMAIL = """Hi team,
-
-my card problem is back again, please help
-
-Best regards,
-Jane Doe
-Senior Buyer | Example Ltd
-
-On Tue, 3 Mar 2026 at 10:12, Support <help@bank.example> wrote:
-> transfer transfer transfer pending for days
-> transfer late transfer
-"""
+EMAIL = (Path(__file__).parents[1] / "data" / "emails" / "short_thread.txt").read_text()
 
 
 def _examples() -> list[Example]:

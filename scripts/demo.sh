@@ -14,7 +14,8 @@ $K evaluate $D/test.csv --store "$STORE"
 $K classify --store "$STORE" \
   "I still haven't received my new card, it's been two weeks" \
   "Someone took money from my account, I didn't make these payments!" \
-  "What's the exchange rate for euros?"
+  "What's the exchange rate for euros?" \
+  "What is a good recipe for banana bread?"
 $K index $D/train.csv --store "$STORE" --collection urgency --label-map $D/urgency.csv
 $K tune --store "$STORE" --collection urgency | tail -n 1
 $K evaluate $D/test.csv --store "$STORE" --collection urgency --label-map $D/urgency.csv

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from . import history
 from .cleaning import clean_texts
 from .data import Example, TextSource, is_blank
 from .encoders.base import LONG_TEXT_STRATEGIES, Encoder, same_encoder
@@ -243,8 +244,13 @@ class Classifier:
             self.store.optimize(ref)
         return ref
 
-    def add(self, examples: Sequence[Example], ref: Ref | None = None, truncate: bool = True) -> None:
-        """Add or replace examples live (durable on return); `truncate=False` refuses over-long texts."""
+    def add(
+        self, examples: Sequence[Example], ref: Ref | None = None, truncate: bool = True, who: str = "library"
+    ) -> None:
+        """Add or replace examples live (durable on return); `truncate=False` refuses over-long texts.
+
+        Recorded in the label history as one change set by `who`.
+        """
         ref = ref or self.ref()
         meta = self.meta(ref)
         enc = self.encoder_for(meta)
@@ -252,7 +258,11 @@ class Classifier:
         seen = prepare(enc, [e.text for e in examples], settings)
         if not truncate:
             self.check_length(enc, seen, [f"example {e.id!r}" for e in examples])
-        self.store.upsert(ref, examples, enc.embed(seen.texts, long=settings.long))
+        vectors = enc.embed(seen.texts, long=settings.long)
+        before = {e.id: (e, v) for e, v in self.store.retrieve(ref, list({e.id: 0 for e in examples}), True)}
+        last = {e.id: e for e in examples}  # a repeated id: the last one is what stays stored
+        changes = [history.make_change(i, before.get(i), e) for i, e in last.items()]
+        history.commit(self.store, ref, "add", who, changes, lambda: self.store.upsert(ref, examples, vectors))
 
     def get(self, example_id: str, ref: Ref | None = None) -> Example:
         found = self.store.retrieve(ref or self.ref(), [example_id])
@@ -260,26 +270,43 @@ class Classifier:
             raise ExampleNotFoundError(f"no example with id {example_id!r}")
         return found[0][0]
 
-    def relabel(self, example_id: str, label: str, ref: Ref | None = None) -> Example:
+    def relabel(self, example_id: str, label: str, ref: Ref | None = None, who: str = "library") -> Example:
         """Change one example's label, keeping its vector."""
+        return self.relabel_many([(example_id, label)], ref, who)[0]
+
+    def relabel_many(
+        self, pairs: Sequence[tuple[str, str]], ref: Ref | None = None, who: str = "library"
+    ) -> list[Example]:
+        """Change several examples' labels (vectors kept) as one change set in the history; all ids checked first."""
         ref = ref or self.ref()
-        label = label.strip()
-        if is_blank(label):
+        labels = [(i, lab.strip()) for i, lab in pairs]
+        if any(is_blank(lab) for _, lab in labels):
             raise InputError("label must not be empty")
+        found = {e.id: (e, v) for e, v in self.store.retrieve(ref, list({i: 0 for i, _ in labels}), True)}
+        missing = [i for i, _ in labels if i not in found]
+        if missing:
+            raise ExampleNotFoundError(f"no example with id {missing[0]!r}")
+        new = {i: Example(i, found[i][0].text, lab) for i, lab in labels}
+        vecs = np.stack([v for _, v in (found[i] for i in new) if v is not None]) if new else None
+        changes = [history.make_change(i, found[i], e) for i, e in new.items()]
+
+        def write() -> None:
+            for start in range(0, len(new), 256):
+                chunk = list(new.values())[start : start + 256]
+                assert vecs is not None
+                self.store.upsert(ref, chunk, vecs[start : start + 256])
+
+        history.commit(self.store, ref, "relabel", who, changes, write)
+        return [new[i] for i, _ in labels]
+
+    def delete(self, example_id: str, ref: Ref | None = None, who: str = "library") -> None:
+        """Delete one example; the history keeps it (with its vector), so undo restores it exactly."""
+        ref = ref or self.ref()
         found = self.store.retrieve(ref, [example_id], with_vectors=True)
         if not found:
             raise ExampleNotFoundError(f"no example with id {example_id!r}")
-        old, vec = found[0]
-        new = Example(old.id, old.text, label)
-        assert vec is not None
-        self.store.upsert(ref, [new], vec[None, :])
-        return new
-
-    def delete(self, example_id: str, ref: Ref | None = None) -> None:
-        ref = ref or self.ref()
-        if not self.store.retrieve(ref, [example_id]):
-            raise ExampleNotFoundError(f"no example with id {example_id!r}")
-        self.store.delete(ref, [example_id])
+        change = history.make_change(example_id, found[0], None)
+        history.commit(self.store, ref, "delete", who, [change], lambda: self.store.delete(ref, [example_id]))
 
     # --- classifying -------------------------------------------------------------------
     def rule(self, meta: CollectionMeta) -> Rule:

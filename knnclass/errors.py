@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 __all__ = [
+    "ChangeNotFoundError",
     "CollectionExistsError",
     "CollectionNotFoundError",
     "DependencyError",
@@ -10,13 +11,16 @@ __all__ = [
     "EncoderMismatchError",
     "ExampleNotFoundError",
     "ExportError",
+    "HistoryConflictError",
     "InputError",
     "KnnclassError",
     "NotTunedError",
     "OverloadedError",
+    "SnapshotError",
     "StoreCorruptError",
     "StoreError",
     "StoreLockedError",
+    "VerificationError",
 ]
 
 
@@ -102,3 +106,25 @@ class OverloadedError(KnnclassError):
     """Too much work in flight; retry later."""
 
     http_status = 429
+
+
+class ChangeNotFoundError(KnnclassError):
+    """No such change set in the collection's history (or nothing left to undo)."""
+
+    exit_code = 6
+    http_status = 404
+
+
+class HistoryConflictError(KnnclassError):
+    """An undo was refused: the change set's examples changed since (or it was undone already)."""
+
+    exit_code = 8
+    http_status = 409
+
+
+class SnapshotError(InputError):
+    """A snapshot file is damaged, incomplete or not a knnclass snapshot; nothing was written."""
+
+
+class VerificationError(StoreError):
+    """A copy or restore did not read back as written (counts or checksum differ); nothing was switched."""

@@ -63,8 +63,11 @@ def find_suspects(clf: Classifier, k: int = 10, min_agreement: float = 0.5, limi
     return out[:limit] if limit else out
 
 
-def apply_relabels(clf: Classifier, path: Path) -> int:
-    """Apply reviewed corrections (CSV: id,label) through the live relabel path; all ids checked first."""
+def apply_relabels(clf: Classifier, path: Path, who: str = "cli") -> int:
+    """Apply reviewed corrections (CSV: id,label) through the live relabel path; all ids checked first.
+
+    One change set in the label history (`knnclass undo` reverts the whole file).
+    """
     from .data import _rows
 
     header, rows = _rows(path)
@@ -83,8 +86,7 @@ def apply_relabels(clf: Classifier, path: Path) -> int:
         raise ExampleNotFoundError(
             f"{path}: {len(missing)} ids are not in the collection (first: {missing[0]!r}); nothing changed"
         )
-    for i, lab in pairs:
-        clf.relabel(i, lab, ref)
+    clf.relabel_many(pairs, ref, who)
     return len(pairs)
 
 

@@ -39,9 +39,9 @@ def cli() -> None:
 
 
 def _register() -> None:
-    from . import core, encoder, jobs, reports, serve
+    from . import core, data, encoder, jobs, reports, serve
 
-    for mod in (core, encoder, serve, jobs, reports):
+    for mod in (core, encoder, serve, jobs, reports, data):
         for cmd in mod.COMMANDS:
             cli.add_command(cmd)
 

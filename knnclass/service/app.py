@@ -17,6 +17,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from .. import history
 from .._cpu import usable_cpus
 from ..classifier import Classifier, ClassifyRequest
 from ..data import Example, example_id
@@ -270,6 +271,8 @@ def create_app(classifier: Classifier, settings: ServiceSettings | None = None) 
     app.add_middleware(_Guard, settings=s, metrics=metrics)
 
     # --- auth ------------------------------------------------------------------------------
+    who = "api:write" if s.api_key else "api"  # the name the label history records for writes (one write key)
+
     def require_write(request: Request) -> None:
         if s.api_key is None:
             return
@@ -373,8 +376,14 @@ def create_app(classifier: Classifier, settings: ServiceSettings | None = None) 
     async def add_examples(body: ExamplesRequest) -> dict[str, Any]:
         examples = [Example(e.id or example_id(e.text), e.text, e.label.strip()) for e in body.examples]
         unique = list({e.id: e for e in examples}.values())  # a repeated id: the last one wins
-        await engine.write(engine.add_examples, unique, body.truncate)
+        await engine.write(classifier.add, unique, None, body.truncate, who)
         return {"upserted": len(unique), "ids": [e.id for e in examples]}
+
+    @app.get("/v1/examples/{example_id:path}/history", tags=["examples"], dependencies=[Depends(require_read)])
+    async def example_history(example_id: str) -> dict[str, Any]:
+        """Every recorded change of the example, oldest first (change id, time, who, kind, old -> new)."""
+        changes = await engine.read(history.example_history, classifier.store, classifier.collection, example_id)
+        return {"id": example_id, "history": changes}
 
     @app.get("/v1/examples/{example_id:path}", tags=["examples"], dependencies=[Depends(require_read)])
     async def get_example(example_id: str) -> dict[str, str]:
@@ -383,12 +392,12 @@ def create_app(classifier: Classifier, settings: ServiceSettings | None = None) 
 
     @app.patch("/v1/examples/{example_id:path}", tags=["examples"], dependencies=[Depends(require_write)])
     async def relabel(example_id: str, body: RelabelRequest) -> dict[str, str]:
-        e = await engine.write(classifier.relabel, example_id, body.label)
+        e = await engine.write(classifier.relabel, example_id, body.label, None, who)
         return {"id": e.id, "text": e.text, "label": e.label}
 
     @app.delete("/v1/examples/{example_id:path}", tags=["examples"], dependencies=[Depends(require_write)])
     async def delete(example_id: str) -> dict[str, Any]:
-        await engine.write(classifier.delete, example_id)
+        await engine.write(classifier.delete, example_id, None, who)
         return {"deleted": example_id}
 
     @app.get("/v1/info", tags=["classify"], dependencies=[Depends(require_read)])

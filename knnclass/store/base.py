@@ -13,7 +13,19 @@ import numpy as np
 from ..data import Example
 from ..errors import CollectionNotFoundError, InputError
 
-__all__ = ["CollectionMeta", "Hit", "HnswSettings", "Ref", "Store", "validate_name"]
+__all__ = [
+    "HISTORY_KEY",
+    "CollectionMeta",
+    "Hit",
+    "HnswSettings",
+    "Ref",
+    "Store",
+    "validate_history_log",
+    "validate_name",
+]
+
+HISTORY_KEY = "history"
+"""The CollectionMeta.extra key naming the history log a version's collection writes to ("" = the default log)."""
 
 
 def validate_name(name: str) -> str:
@@ -23,6 +35,15 @@ def validate_name(name: str) -> str:
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", name or ""):
         raise InputError(f"invalid collection name {name!r}: use letters, digits, '-', '_', '.' (max 64)")
     return name
+
+
+def validate_history_log(log: str) -> str:
+    """History log names: "" (the collection's default log) or 1-40 lowercase letters and digits."""
+    import re
+
+    if log and not re.fullmatch(r"[a-z0-9]{1,40}", log):
+        raise InputError(f"invalid history log name {log!r}")
+    return log
 
 
 @dataclass(frozen=True)
@@ -172,6 +193,22 @@ class Store(ABC):
     @abstractmethod
     def close(self) -> None: ...
 
+    # --- history (knnclass.history): per collection, not per version, so it survives promote ----
+    @abstractmethod
+    def append_history(self, name: str, log: str, records: Sequence[dict[str, Any]]) -> None:
+        """Append JSON-serialisable records (one change set each) to log `log` of `name`; durable on return."""
+
+    @abstractmethod
+    def read_history(self, name: str, log: str) -> list[dict[str, Any]]:
+        """The records of log `log` of `name`, oldest first; a record torn by a crash mid-append is skipped."""
+
+    @abstractmethod
+    def history_logs(self, name: str) -> list[str]:
+        """The names of the history logs `name` has (a restore or copy writes a fresh one)."""
+
+    @abstractmethod
+    def drop_history(self, name: str, log: str) -> None: ...
+
     # --- derived ---------------------------------------------------------------------
     def create(self, name: str, meta: CollectionMeta) -> Ref:
         """A new collection with its first version, made current."""
@@ -191,6 +228,11 @@ class Store(ABC):
         elif version not in self.versions(name):
             raise CollectionNotFoundError(f"collection {name!r} has no version {version!r}")
         return Ref(name, version)
+
+    def history_log(self, ref: Ref) -> str:
+        """The history log of `ref`'s collection: named in the version's meta, so switching the
+        version (a restore) switches the history with it in the same atomic step."""
+        return validate_history_log(str(self.get_meta(ref).extra.get(HISTORY_KEY, "")))
 
     def label_counts(self, ref: Ref) -> dict[str, int]:
         c: Counter[str] = Counter()

@@ -1,7 +1,8 @@
 """Embedded store: Qdrant Edge shards on local disk, one per collection version.
 
 Layout: ROOT/knnclass-store.json (marker), ROOT/.lock (holder pid),
-ROOT/collections/NAME/CURRENT (atomically replaced), ROOT/collections/NAME/vN/{meta.json,shard/}.
+ROOT/collections/NAME/CURRENT (atomically replaced), ROOT/collections/NAME/vN/{meta.json,shard/},
+ROOT/collections/NAME/history.jsonl (label history; a restore writes history.LOG.jsonl).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from ..errors import (
     StoreLockedError,
 )
 from ._files import ProcessLock, atomic_write_text, read_json
-from .base import CollectionMeta, Hit, HnswSettings, Ref, Store, validate_name
+from .base import CollectionMeta, Hit, HnswSettings, Ref, Store, validate_history_log, validate_name
 
 __all__ = ["EdgeStore"]
 
@@ -300,6 +301,66 @@ class EdgeStore(Store):
                 f"building the index of {ref.name} {ref.version} failed: {e}; the examples are stored, "
                 "and the next run of `knnclass index` (or any search) works without the index"
             ) from None
+
+    # --- history ---------------------------------------------------------------------------------
+    def _history_path(self, name: str, log: str) -> Path:
+        log = validate_history_log(log)
+        return self._cdir(name) / (f"history.{log}.jsonl" if log else "history.jsonl")
+
+    def append_history(self, name: str, log: str, records: Sequence[dict[str, Any]]) -> None:
+        """One JSON line per record, appended and fsync'd (one write: a crash tears at most the last line)."""
+        if not records:
+            return
+        data = "".join(json.dumps(r, ensure_ascii=False, separators=(",", ":")) + "\n" for r in records).encode()
+        path = self._history_path(name, log)
+        self.check_space(need=len(data))
+        with self._mu:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            new = not path.exists()
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
+            try:
+                size = os.fstat(fd).st_size
+                if size and os.pread(fd, 1, size - 1) != b"\n":
+                    data = b"\n" + data  # a line torn by a crash: end it, so this record starts clean
+                os.write(fd, data)
+                os.fsync(fd)
+            except OSError as e:
+                raise StoreError(f"{path}: cannot append to the history: {e.strerror}") from None
+            finally:
+                os.close(fd)
+            if new:
+                dfd = os.open(path.parent, os.O_RDONLY)
+                try:
+                    os.fsync(dfd)
+                finally:
+                    os.close(dfd)
+
+    def read_history(self, name: str, log: str) -> list[dict[str, Any]]:
+        try:
+            raw = self._history_path(name, log).read_bytes()
+        except FileNotFoundError:
+            return []
+        out = []
+        for line in raw.splitlines():
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                continue  # torn by a crash mid-append: that change set was never acknowledged
+            if isinstance(rec, dict):
+                out.append(rec)
+        return out
+
+    def history_logs(self, name: str) -> list[str]:
+        cdir = self._cdir(name)
+        if not cdir.exists():
+            return []
+        import re
+
+        logs = [re.fullmatch(r"history(?:\.([a-z0-9]{1,40}))?\.jsonl", p.name) for p in cdir.iterdir()]
+        return sorted(m.group(1) or "" for m in logs if m)
+
+    def drop_history(self, name: str, log: str) -> None:
+        self._history_path(name, log).unlink(missing_ok=True)
 
     def close(self) -> None:
         with self._mu:

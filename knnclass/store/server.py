@@ -3,13 +3,15 @@
 A collection NAME has physical collections NAME__v1, NAME__v2, ... and a Qdrant alias
 NAME pointing at the current one; `switch` re-points the alias in one atomic call.
 Per-version metadata (encoder stamp, tuned rule) lives in the `knnclass_meta`
-collection, so every process and replica sees the same stamp.
+collection, so every process and replica sees the same stamp; the label history in
+`knnclass_history` (one point per change set, or per 512 KiB part of a large one).
 """
 
 from __future__ import annotations
 
 import json
 import re
+import time
 import uuid
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -18,11 +20,13 @@ import numpy as np
 
 from ..data import Example, point_uuid
 from ..errors import CollectionNotFoundError, InputError, StoreError
-from .base import CollectionMeta, Hit, HnswSettings, Ref, Store, validate_name
+from .base import CollectionMeta, Hit, HnswSettings, Ref, Store, validate_history_log, validate_name
 
 __all__ = ["ServerStore"]
 
 META = "knnclass_meta"
+HISTORY = "knnclass_history"
+_PART = 512 * 1024  # characters of a change set's JSON per history point
 _PAYLOAD = ["label", "ext_id"]
 _NS = uuid.UUID("2b0f7f7e-8a47-4d0f-9a1c-5b8d9a0e3c21")
 
@@ -55,6 +59,9 @@ class ServerStore(Store):
                 raise InputError("the server backend needs --qdrant-url")
             client = QdrantClient(url=url, api_key=api_key, timeout=timeout)
         self.client = client
+        self.url = url
+        self._history_ready = False
+        self._seq = 0
         self.shards, self.replication, self.consistency = shards, replication_factor, write_consistency
         self.hnsw = hnsw or HnswSettings()
         try:
@@ -230,6 +237,92 @@ class ServerStore(Store):
 
     def optimize(self, ref: Ref) -> None:
         """The server builds its index in the background; nothing to do."""
+
+    # --- history ---------------------------------------------------------------------------------
+    def _history_filter(self, name: str, log: str | None = None) -> Any:
+        m = self._m
+        must = [m.FieldCondition(key="collection", match=m.MatchValue(value=validate_name(name)))]
+        if log is not None:
+            must.append(m.FieldCondition(key="log", match=m.MatchValue(value=validate_history_log(log))))
+        return m.Filter(must=must)
+
+    def _history_points(self, name: str, log: str | None, fields: list[str]) -> Iterator[Any]:
+        if not self.client.collection_exists(HISTORY):
+            return
+        offset = None
+        while True:
+            recs, offset = self.client.scroll(
+                HISTORY, scroll_filter=self._history_filter(name, log), limit=256, offset=offset, with_payload=fields
+            )
+            yield from recs
+            if offset is None:
+                return
+
+    def append_history(self, name: str, log: str, records: Sequence[dict[str, Any]]) -> None:
+        """Each record as one point (or several parts), ordered by a nanosecond sequence number."""
+        m = self._m
+        validate_history_log(log)
+        if not records:
+            return
+        if not self._history_ready:
+            if not self.client.collection_exists(HISTORY):
+                self.client.create_collection(
+                    HISTORY,
+                    vectors_config=m.VectorParams(size=1, distance=m.Distance.DOT),
+                    replication_factor=self.replication,
+                    write_consistency_factor=self.consistency,
+                )
+                for key in ("collection", "log"):
+                    self.client.create_payload_index(HISTORY, key, m.PayloadSchemaType.KEYWORD)
+            self._history_ready = True
+        points = []
+        for rec in records:
+            self._seq = max(self._seq + 1, time.time_ns())
+            data = json.dumps(rec, ensure_ascii=False, separators=(",", ":"))
+            parts = [data[i : i + _PART] for i in range(0, len(data), _PART)] or [""]
+            key = str(rec.get("id") or self._seq)
+            for i, part in enumerate(parts):
+                payload = {"collection": name, "log": log, "seq": self._seq, "record": key, "part": i}
+                points.append(
+                    m.PointStruct(
+                        id=str(uuid.uuid5(_NS, f"{name}\n{log}\n{key}\n{self._seq}\n{i}")),
+                        vector=[1.0],
+                        payload={**payload, "parts": len(parts), "data": part},
+                    )
+                )
+        try:
+            for i in range(0, len(points), 64):
+                self.client.upsert(HISTORY, points=points[i : i + 64], wait=True, ordering=m.WriteOrdering.STRONG)
+        except Exception as e:
+            raise StoreError(f"appending to the history of {name} failed: {e}") from None
+
+    def read_history(self, name: str, log: str) -> list[dict[str, Any]]:
+        groups: dict[tuple[int, str], dict[int, str]] = {}
+        parts: dict[tuple[int, str], int] = {}
+        for p in self._history_points(name, log, ["seq", "record", "part", "parts", "data"]):
+            key = (int(p.payload["seq"]), str(p.payload["record"]))
+            groups.setdefault(key, {})[int(p.payload["part"])] = p.payload["data"]
+            parts[key] = int(p.payload["parts"])
+        out = []
+        for key in sorted(groups):
+            got = groups[key]
+            if len(got) != parts[key]:
+                continue  # a record whose parts were not all written (a crash mid-append)
+            try:
+                rec = json.loads("".join(got[i] for i in range(parts[key])))
+            except ValueError:
+                continue
+            if isinstance(rec, dict):
+                out.append(rec)
+        return out
+
+    def history_logs(self, name: str) -> list[str]:
+        return sorted({str(p.payload["log"]) for p in self._history_points(name, None, ["log"])})
+
+    def drop_history(self, name: str, log: str) -> None:
+        if self.client.collection_exists(HISTORY):
+            selector = self._m.FilterSelector(filter=self._history_filter(name, log))
+            self.client.delete(HISTORY, points_selector=selector, wait=True)
 
     def close(self) -> None:
         self.client.close()

@@ -13,7 +13,8 @@ import click
 from ..errors import InputError
 from ._common import INPUT_FILE, emit_json, open_classifier, store_options, text_col_option
 
-_STRATEGIES = ("full", "last-layer", "transfer", "knn")
+_STRATEGIES = ("full", "last-layer", "transfer", "knn", "contrastive")
+_LOSSES = ("supcon", "batch-all", "batch-hard-soft", "mnrl")  # = jobs.settings.LOSSES (default first)
 
 
 def _log(msg: str) -> None:
@@ -112,6 +113,38 @@ def _data_options(f: Any) -> Any:
             "--threads", default=None, type=click.IntRange(1), help="torch CPU threads (1 is faster on a busy machine)."
         ),
         click.option(
+            "--loss",
+            default=_LOSSES[0],
+            show_default=True,
+            type=click.Choice(_LOSSES),
+            help="contrastive: supervised contrastive, batch-all / batch-hard soft-margin triplet, or "
+            "MultipleNegativesRankingLoss over label pairs.",
+        ),
+        click.option(
+            "--per-label",
+            default=2,
+            show_default=True,
+            type=click.IntRange(2),
+            help="contrastive: examples of one label per batch (mnrl: 2).",
+        ),
+        click.option(
+            "--hard-negatives",
+            default=0.5,
+            show_default=True,
+            type=click.FloatRange(0, 1),
+            help="contrastive: share of a batch's labels drawn from the kNN confusions of its seed label.",
+        ),
+        click.option(
+            "--margin", default=0.3, show_default=True, type=click.FloatRange(0, 2), help="batch-all: cosine margin."
+        ),
+        click.option(
+            "--task-weight",
+            default=0.5,
+            show_default=True,
+            type=click.FloatRange(0),
+            help="contrastive: loss weight of each label set after the first.",
+        ),
+        click.option(
             "--no-export", is_flag=True, help="Skip the ONNX export of a tuned encoder (promote exports later)."
         ),
     ]
@@ -155,6 +188,11 @@ def _prepare(train_path: Path, kw: dict[str, Any]) -> tuple[Any, Any, Any]:
         classifier_params=params,
         export=not kw.pop("no_export"),
         threads=kw.pop("threads"),
+        loss=kw.pop("loss"),
+        per_label=kw.pop("per_label"),
+        hard_negatives=kw.pop("hard_negatives"),
+        margin=kw.pop("margin"),
+        task_weight=kw.pop("task_weight"),
     )
     return train, val, settings
 
@@ -165,8 +203,9 @@ def _prepare(train_path: Path, kw: dict[str, Any]) -> tuple[Any, Any, Any]:
 @_data_options
 @click.option("--json", "as_json", is_flag=True, help="Print run.json.")
 def finetune(train: Path, strategy: str, as_json: bool, **kw: Any) -> None:
-    """Tune an encoder (full | last-layer), fit a classifier on frozen embeddings (transfer),
-    or tune the kNN vote only (knn); writes a run dir with the encoder, head and metrics."""
+    """Tune an encoder (full | last-layer: cosine heads; contrastive: same-label tickets near, others
+    far), fit a classifier on frozen embeddings (transfer), or tune the kNN vote only (knn);
+    writes a run dir with the encoder, head and metrics."""
     from dataclasses import replace
 
     from ..jobs.finetune import run_finetune

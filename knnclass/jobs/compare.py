@@ -1,4 +1,4 @@
-"""Run the four strategies side by side and rank them: `knnclass compare`.
+"""Run the strategies side by side and rank them: `knnclass compare`.
 
 Each strategy gets its own run dir under OUT; every tuned encoder is also scored as a
 kNN classifier (its neighbours with the vote rule tuned on validation). The ranking is by
@@ -67,6 +67,8 @@ def _rows_for(
         label = {"knn": "kNN vote", "head": "head"}[kind]
         if run["strategy"] == "transfer" and kind == "head":
             label = f"{run['settings']['classifier']} head"
+        elif kind == "head" and run.get("head_kind") == "centroid":
+            label = "centroid head"
         row: dict[str, Any] = {
             "name": f"{name}: {label}" if name != "knn" else "knn: kNN vote (frozen)",
             "strategy": run["strategy"],

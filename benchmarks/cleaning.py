@@ -51,6 +51,7 @@ def main() -> None:
     ap.add_argument("--train", type=int, default=4000, help="train tickets indexed (0: all 10,003)")
     ap.add_argument("--test", type=int, default=1540, help="test tickets scored (0: all 3,080)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--long", type=int, default=20, help="~1,000-token tickets timed per strategy")
     args = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from emails import wrap_file
@@ -60,7 +61,7 @@ def main() -> None:
     from knnclass.data import read_examples
     from knnclass.encoders import load_encoder
     from knnclass.store.edge import EdgeStore
-    from knnclass.text import TextSettings
+    from knnclass.text import TextSettings, prepare
 
     tmp = Path(tempfile.mkdtemp(prefix="knnclass-cleaning-"))
     _sample(DATA / "train.csv", tmp / "train.csv", args.train, args.seed)
@@ -84,7 +85,7 @@ def main() -> None:
         t_index = time.perf_counter() - t0
         clf.tune()
         m = clf.evaluate(test)
-        prep = [p.shortened for p in clf.classify([e.text for e in test])[0]]
+        prep = prepare(enc, [e.text for e in test], TextSettings(clean=mode)).shortened
         rows[name] = {
             "accuracy": m["accuracy"],
             "guess_accuracy": m["guess_accuracy"],
@@ -117,7 +118,7 @@ def main() -> None:
     test_rows = list(csv.DictReader((DATA / "test.csv").open(newline="")))
     long_texts = []
     rng = random.Random(args.seed)
-    while len(long_texts) < 20:
+    while len(long_texts) < args.long:
         parts: list[str] = []
         while enc.count_tokens([" ".join(parts)])[0] < 1000:
             parts.append(rng.choice(test_rows)["text"])
@@ -127,7 +128,7 @@ def main() -> None:
     for strategy in ("head", "head_tail", "chunk"):
         enc.embed(long_texts[:2], long=strategy)  # warm
         times = []
-        for t in long_texts * 3:
+        for t in long_texts:
             t0 = time.perf_counter()
             enc.embed([t], long=strategy)
             times.append(1e3 * (time.perf_counter() - t0))
@@ -135,7 +136,7 @@ def main() -> None:
         clf.index(read_examples(tmp / "train.csv", "text", "category")[:500], text=TextSettings(long=strategy))
         clf.tune()
         ctimes = []
-        for t in long_texts * 3:
+        for t in long_texts:
             t0 = time.perf_counter()
             clf.classify([t])
             ctimes.append(1e3 * (time.perf_counter() - t0))

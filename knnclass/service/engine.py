@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..classifier import BatchTimings, Classifier, ClassifyRequest, ClassifyResult
-from ..data import Example
 from ..errors import KnnclassError
 
 __all__ = ["ClassifyJob", "Engine"]
@@ -108,6 +107,3 @@ class Engine:
 
     async def read(self, fn: Any, *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self._read, fn, *args)
-
-    def add_examples(self, examples: Sequence[Example], truncate: bool) -> None:
-        self.clf.add(examples, truncate=truncate)

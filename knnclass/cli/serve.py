@@ -41,6 +41,13 @@ from ._common import encoder_option, open_classifier, store_options
     show_default=True,
     type=click.Choice(["critical", "error", "warning", "info", "debug"]),
 )
+@click.option(
+    "--snapshot-dir",
+    envvar="KNNCLASS_SNAPSHOT_DIR",
+    type=click.Path(file_okay=False, exists=True, path_type=Path),
+    default=None,
+    help="Directory POST /v1/admin/snapshot writes into (write key needed); unset: the route is off.",
+)
 @encoder_option
 @store_options
 def serve(
@@ -50,6 +57,7 @@ def serve(
     max_in_flight: int | None,
     batch_wait_ms: float,
     log_level: str,
+    snapshot_dir: Path | None,
     encoder_dir: Path | None,
     **so: Any,
 ) -> None:
@@ -71,6 +79,7 @@ def serve(
         read_key=os.environ.get("KNNCLASS_READ_KEY") or None,
         **({"max_in_flight": max_in_flight} if max_in_flight else {}),
         batch_wait_ms=batch_wait_ms,
+        snapshot_dir=str(snapshot_dir) if snapshot_dir else None,
     )
     clf = open_classifier(encoder_dir=encoder_dir, create=False, **so)
     clf.ref()  # fail now, with a clear message, if the collection is missing
@@ -86,6 +95,7 @@ def serve(
                 "KNNCLASS_QDRANT_API_KEY": so["qdrant_api_key"] or "",
                 "KNNCLASS_MAX_IN_FLIGHT": str(settings.max_in_flight),
                 "KNNCLASS_BATCH_WAIT_MS": str(batch_wait_ms),
+                "KNNCLASS_SNAPSHOT_DIR": str(snapshot_dir or ""),
                 **({"KNNCLASS_ENCODER": str(encoder_dir)} if encoder_dir else {}),
             }
         )

@@ -24,7 +24,7 @@ from ..data import Example, example_id
 from ..errors import InputError, KnnclassError
 from ..voting import Rule
 from .engine import Engine
-from .schemas import ClassifyBody, ClassifyResponse, ErrorBody, ExamplesRequest, RelabelRequest
+from .schemas import ClassifyBody, ClassifyResponse, ErrorBody, ExamplesRequest, RelabelRequest, SnapshotRequest
 
 __all__ = ["ServiceSettings", "create_app"]
 
@@ -45,6 +45,7 @@ class ServiceSettings:
     body_timeout_s: float = 15.0  # longest wait for the next piece of a request body (408 after)
     max_batch: int = 64
     batch_wait_ms: float = 0.0
+    snapshot_dir: str | None = None  # where POST /v1/admin/snapshot may write (None: the route is off)
 
     def __post_init__(self) -> None:
         if self.read_key is not None and self.api_key is None:
@@ -399,6 +400,22 @@ def create_app(classifier: Classifier, settings: ServiceSettings | None = None) 
     async def delete(example_id: str) -> dict[str, Any]:
         await engine.write(classifier.delete, example_id, None, who)
         return {"deleted": example_id}
+
+    @app.post("/v1/admin/snapshot", tags=["admin"], dependencies=[Depends(require_write)])
+    async def take_snapshot(body: SnapshotRequest) -> dict[str, Any]:
+        """Snapshot the served collection into the configured snapshot dir, while serving.
+
+        Runs on the writer thread, so it sees no half-applied live edit; classify goes on.
+        """
+        if s.snapshot_dir is None:
+            raise _AuthError(403, "snapshots over HTTP are off: start the service with --snapshot-dir DIR")
+        from pathlib import Path
+
+        from ..jobs.backup import snapshot
+
+        out = Path(s.snapshot_dir) / body.name
+        d: dict[str, Any] = await engine.write(snapshot, classifier.store, classifier.collection, out)
+        return {**d, "path": str(out)}
 
     @app.get("/v1/info", tags=["classify"], dependencies=[Depends(require_read)])
     async def info() -> dict[str, Any]:

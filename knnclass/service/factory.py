@@ -29,5 +29,6 @@ def app_from_env() -> FastAPI:
         read_key=env("KNNCLASS_READ_KEY") or None,
         **({"max_in_flight": int(in_flight)} if in_flight else {}),
         batch_wait_ms=float(env("KNNCLASS_BATCH_WAIT_MS", "0")),
+        snapshot_dir=env("KNNCLASS_SNAPSHOT_DIR") or None,
     )
     return create_app(clf, settings)

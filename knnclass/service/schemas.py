@@ -17,6 +17,7 @@ __all__ = [
     "ExamplesRequest",
     "RelabelRequest",
     "RuleIn",
+    "SnapshotRequest",
 ]
 
 MAX_TEXTS = 256
@@ -130,6 +131,10 @@ class RelabelRequest(_Strict):
     def _valid(self) -> RelabelRequest:
         _encodable(self.label, "label")
         return self
+
+
+class SnapshotRequest(_Strict):
+    name: StrictStr = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
 class ErrorDetail(BaseModel):

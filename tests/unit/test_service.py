@@ -353,3 +353,52 @@ def test_fields_are_composed_as_the_collection_was_indexed(client: TestClient) -
     err = _err(client.post("/v1/classify", json={"fields": {"subject": "pin", "body": "reset"}}), 422)
     assert "unknown field 'body'" in err["message"] and "comes from text" in err["message"]
     _err(client.post("/v1/classify", json={"text": "pin", "fields": {"text": "pin"}}), 422)
+
+
+def test_snapshot_while_serving_under_classify_load_then_restore_loses_nothing(tmp_path: Path) -> None:
+    import threading
+
+    from knnclass.jobs.backup import restore
+    from knnclass.service import ServiceSettings
+
+    snaps = tmp_path / "snaps"
+    snaps.mkdir()
+    clf = _clf(tmp_path / "s", n=40)
+    settings = ServiceSettings(api_key="w", snapshot_dir=str(snaps))
+    auth = {"Authorization": "Bearer w"}
+    failures: list[int] = []
+    stop = threading.Event()
+    with TestClient(create_app(clf, settings)) as c:
+        assert (
+            c.post(
+                "/v1/examples", json={"examples": [{"id": "live-1", "text": "pin live", "label": "pin"}]}, headers=auth
+            ).status_code
+            == 200
+        )
+
+        def load() -> None:
+            while not stop.is_set():
+                r = c.post("/v1/classify", json={"text": "card question 3"}, headers=auth)
+                if r.status_code != 200:
+                    failures.append(r.status_code)
+
+        threads = [threading.Thread(target=load) for _ in range(3)]
+        for t in threads:
+            t.start()
+        r = c.post("/v1/admin/snapshot", json={"name": "live.zip"}, headers=auth)
+        stop.set()
+        for t in threads:
+            t.join()
+        assert r.status_code == 200, r.text
+        assert _err(c.post("/v1/admin/snapshot", json={"name": "../x.zip"}, headers=auth), 422)
+        assert _err(c.post("/v1/admin/snapshot", json={"name": "x.zip"}), 401)
+    assert failures == []
+    target = EdgeStore(tmp_path / "restored")
+    restore(target, snaps / "live.zip")
+    back = Classifier(target, "tickets", encoder=FakeEncoder(topics=TOPICS))
+    assert back.get("live-1").label == "pin" and target.count(back.ref()) == 3 * 40 + 1
+    assert back.meta().rule is not None and back.meta().policy is not None  # rule and calibration restored
+
+
+def test_snapshot_route_is_off_without_a_dir(client: TestClient) -> None:
+    assert "--snapshot-dir" in _err(client.post("/v1/admin/snapshot", json={"name": "x.zip"}), 403)["message"]

@@ -224,6 +224,8 @@ class TextSource:
         """The ticket text from field values (missing fields are empty)."""
         if self.template is not None:
             return self.template.format_map({f: values.get(f, "") for f in self.template_fields()})
+        if len(self.fields) == 1:  # the text as it is: its hash is the id, as before composition existed
+            return values.get(self.fields[0], "")
         return "\n\n".join(v for v in (values.get(f, "").strip() for f in self.fields) if v)
 
     def to_dict(self) -> dict[str, object]:

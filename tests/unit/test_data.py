@@ -162,3 +162,9 @@ def test_write_table_round_trips_by_extension(tmp_path: Path, suffix: str) -> No
     assert [r["id"] for r in rows] == ["7", "8"] and rows[1]["label"] == ""
     with pytest.raises(InputError, match="unknown output format"):
         write_table(tmp_path / "o.xlsx", ["a"], [["1"]])
+
+
+def test_one_text_column_is_read_as_is_so_ids_stay_stable(tmp_path: Path) -> None:
+    p = write(tmp_path, 'text,category\n"card ",a\ncard,a\n')
+    ex = read_examples(p)
+    assert [e.text for e in ex] == ["card ", "card"] and ex[0].id == example_id("card ")

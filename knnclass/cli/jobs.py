@@ -14,7 +14,7 @@ from ..errors import InputError
 from ._common import INPUT_FILE, emit_json, open_classifier, store_options, text_col_option
 
 _STRATEGIES = ("full", "last-layer", "transfer", "knn", "contrastive")
-_LOSSES = ("supcon", "batch-all", "batch-hard-soft", "mnrl")  # = jobs.settings.LOSSES (default first)
+_LOSSES = ("batch-all", "supcon", "mnrl", "batch-hard-soft")  # = jobs.settings.LOSSES (default first)
 
 
 def _log(msg: str) -> None:

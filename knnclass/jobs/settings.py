@@ -12,7 +12,7 @@ __all__ = ["CLASSIFIERS", "LOSSES", "STRATEGIES", "FinetuneSettings"]
 STRATEGIES = ("full", "last-layer", "transfer", "knn", "contrastive")
 CLASSIFIERS = ("logreg", "svm", "mlp", "knn")
 # contrastive losses (see jobs.losses); the first is the default, picked on Banking77 (benchmarks/RESULTS.md)
-LOSSES = ("supcon", "batch-all", "batch-hard-soft", "mnrl")
+LOSSES = ("batch-all", "supcon", "mnrl", "batch-hard-soft")
 
 
 @dataclass(frozen=True)

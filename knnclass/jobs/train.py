@@ -194,6 +194,7 @@ def train_encoder(
         return score
 
     best = {"score": record(0, 0, None), "epoch": 0}
+    best_vecs = train_vecs  # the kept epoch's train vectors (its centroid heads)
     best_state = copy.deepcopy(loss.state_dict())  # the encoder (loss.model) and any heads
 
     head_params = list(loss.heads.parameters()) if isinstance(loss, CosineHeadLoss) else []
@@ -222,12 +223,14 @@ def train_encoder(
                 bar.set_postfix(epoch=self.epoch + 1, loss=f"{np.mean(loss.losses[-20:]):.3f}")
 
         def on_epoch_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+            nonlocal best_vecs
             self.epoch += 1
             epoch_losses = loss.losses[self.seen :]
             self.seen = len(loss.losses)
             score = record(self.epoch, state.global_step, float(np.mean(epoch_losses)) if epoch_losses else None)
             if score > best["score"]:
                 best.update(score=score, epoch=self.epoch)
+                best_vecs = train_vecs
                 best_state.clear()
                 best_state.update(copy.deepcopy(loss.state_dict()))
             model.train()
@@ -270,8 +273,7 @@ def train_encoder(
     best_epoch = int(best["epoch"])
     loss.load_state_dict(best_state)
     model.eval()
-    train_vecs = encode(train.texts)
-    final_heads = numpy_heads(train_vecs)
+    final_heads = numpy_heads(best_vecs)
     st_dir = out / "encoder-st"
     model.max_seq_length = serving_max_len  # the tuned encoder serves texts as long as the base model did
     model.save(str(st_dir))

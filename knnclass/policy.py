@@ -23,7 +23,11 @@ from .calibration import Calibration
 from .store.base import Hit
 from .voting import FEATURES, Rule, best_guess, label_nearest, neighbourhood_features, shares, vote_batch
 
+ALTERNATIVES = 3
+"""How many next labels an answer carries with their probabilities."""
+
 __all__ = [
+    "ALTERNATIVES",
     "Policy",
     "Scored",
     "features",
@@ -74,7 +78,7 @@ class Scored:
     tie: np.ndarray  # (n,) the vote tied (kNN answers only)
     probability: np.ndarray  # (n,) P(guess right): calibrated, or the vote share without a policy
     familiarity: np.ndarray  # (n,) NaN without a policy
-    dist: np.ndarray  # (n, len(labels)) probabilities over labels, the guess's equal to `probability`
+    dist: np.ndarray  # (n, len(labels)): the guess's `probability`, the next labels' own (together <= 1)
 
 
 def hits_to_arrays(hits: Sequence[Sequence[Hit]], labels: list[str], width: int) -> tuple[np.ndarray, np.ndarray]:
@@ -151,14 +155,22 @@ def score_rows(
     prob = np.where(empty, 0.0, policy.calibration.probability(x))
     fam = policy.known.probability(x) if policy.known is not None else x[:, FEATURES.index("familiarity")]
     fam = np.where(empty, -np.inf, fam)
-    # the other labels share what the guess leaves, in proportion to their own weight
+    # the next labels: each calibrated as if it were the answer (its own share, margin and
+    # similarities), scaled down together where they and the guess would sum past one
     rows = np.arange(len(guess))
     safe = np.where(empty, 0, guess)
+    out = np.zeros_like(dist)
     rest = dist.copy()
-    rest[rows, safe] = 0.0
-    total = rest.sum(axis=1, keepdims=True)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        out = np.where(total > 0, rest / np.where(total > 0, total, 1.0), 0.0) * (1.0 - prob[:, None])
+    rest[rows, safe] = -1.0
+    alts = np.argsort(-rest, axis=1, kind="stable")[:, :ALTERNATIVES]
+    for j in range(alts.shape[1]):
+        alt = alts[:, j]
+        named = rest[rows, alt] > 0
+        xa = features(codes, scores, k, alt, dist, labels, policy.typical, policy.default_typical)
+        out[rows, alt] = np.where(named & ~empty, policy.calibration.probability(xa), 0.0)
+    total = out.sum(axis=1)
+    room = 1.0 - prob
+    out *= np.where(total > room, room / np.where(total > 0, total, 1.0), 1.0)[:, None]
     out[rows, safe] = prob
     return Scored(labels, guess, tie, prob, fam, out)
 

@@ -97,10 +97,14 @@ def test_tuning_calibrates_and_meets_a_target_accuracy() -> None:
         res.point["answered_accuracy"]
     )
     assert ece(sc.probability, np.array(right)) < 0.05
-    # the guess holds the calibrated probability; the rest goes to the other labels the neighbours named
+    # the guess holds its calibrated probability; another label the neighbours named gets its own
+    # (lower on average), and the two never sum past one
     assert np.allclose(sc.dist[np.arange(len(truth)), sc.guess], sc.probability)
     split = (sc.dist > 0).sum(axis=1) == 2
-    assert split.any() and np.allclose(sc.dist[split].sum(axis=1), 1.0)
+    assert split.any() and np.all(sc.dist.sum(axis=1) <= 1 + 1e-9)
+    other = sc.dist.copy()
+    other[np.arange(len(truth)), sc.guess] = 0
+    assert other.max(axis=1)[split].mean() < sc.probability[split].mean()
 
 
 def test_unknown_rows_are_weighed_by_the_objective_not_their_count() -> None:

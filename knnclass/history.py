@@ -117,15 +117,9 @@ class ChangeSet:
 
     def summary(self) -> dict[str, Any]:
         """The change set without texts and vectors: what `knnclass history` lists."""
-        return {
-            "id": self.id,
-            "time": self.time,
-            "who": self.who,
-            "kind": self.kind,
-            "version": self.version,
-            "undoes": self.undoes,
-            "examples": len(self.changes),
-        }
+        d = self.to_dict()
+        del d["changes"]
+        return {**d, "examples": len(self.changes)}
 
 
 def _now() -> str:

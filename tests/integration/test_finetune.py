@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -162,9 +163,8 @@ def test_seed_makes_tuning_deterministic(tiny: tuple[TaskSet, TaskSet], tmp_path
     assert np.array_equal(ha["category"].weights[0], hb["category"].weights[0])
 
 
-def test_cli_finetune_compare_promote_rollback_prune(
-    tiny: tuple[TaskSet, TaskSet], tmp_path: Path, data_dir: Path
-) -> None:
+def _indexed(tiny: tuple[TaskSet, TaskSet], tmp_path: Path) -> tuple[Any, list[str]]:
+    """train.csv / val.csv written, train indexed and tuned through the CLI: (runner, store args)."""
     from click.testing import CliRunner
 
     from knnclass.cli import cli
@@ -177,6 +177,15 @@ def test_cli_finetune_compare_promote_rollback_prune(
     res = r.invoke(cli, ["index", str(tmp_path / "train.csv"), *store])
     assert res.exit_code == 0, res.output
     assert r.invoke(cli, ["tune", *store]).exit_code == 0
+    return r, store
+
+
+def test_cli_finetune_compare_promote_rollback_prune(
+    tiny: tuple[TaskSet, TaskSet], tmp_path: Path, data_dir: Path
+) -> None:
+    from knnclass.cli import cli
+
+    r, store = _indexed(tiny, tmp_path)
     res = r.invoke(
         cli,
         [
@@ -230,17 +239,10 @@ def test_promoted_transfer_head_serves_its_own_accuracy(
     tiny: tuple[TaskSet, TaskSet], tmp_path: Path, encoder_cache: Path
 ) -> None:
     """promote --rule head: classify / evaluate answer with the head, calibrated, with neighbours as evidence."""
-    from click.testing import CliRunner
-
     from knnclass.cli import cli
 
-    train, val = tiny
-    train.write_csv(tmp_path / "train.csv")
-    val.write_csv(tmp_path / "val.csv")
-    r = CliRunner()
-    store = ["--store", str(tmp_path / "store")]
-    assert r.invoke(cli, ["index", str(tmp_path / "train.csv"), *store]).exit_code == 0
-    assert r.invoke(cli, ["tune", *store]).exit_code == 0
+    _, val = tiny
+    r, store = _indexed(tiny, tmp_path)
     run = tmp_path / "run"
     args = ["finetune", str(tmp_path / "train.csv"), "--strategy", "transfer", "--classifier", "logreg"]
     res = r.invoke(cli, [*args, "--validation", str(tmp_path / "val.csv"), "--out", str(run)])

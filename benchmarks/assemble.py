@@ -20,9 +20,18 @@ SECTIONS = [
     ("scale-1m-m32", "Embedded store at 1M: tuned HNSW (the defaults)", "benchmarks/scale.py --sizes 1000000"),
     ("scale-1m-ef", "Embedded store at 1M: the earlier HNSW settings (m 16), for comparison", "benchmarks/scale.py"),
     ("reports", "Reports and label quality", "benchmarks/reports.py"),
-    ("openset", "Trustworthy decisions: calibration, unknown tickets, operating points", "benchmarks/openset.py --head"),
+    (
+        "openset",
+        "Trustworthy decisions: calibration, unknown tickets, operating points",
+        "benchmarks/openset.py --head",
+    ),
     ("cleaning", "Tickets as e-mails: cleaning and long texts", "benchmarks/cleaning.py"),
     ("finetune", "Warm-start strategies", "benchmarks/finetune.py"),
+    (
+        "contrastive",
+        "Contrastive tuning (issue #19)",
+        "benchmarks/finetune.py --compare-losses / --strategies knn,contrastive",
+    ),
     ("reliability", "Reliability (details in RELIABILITY.md)", "benchmarks/reliability.py"),
 ]
 
@@ -36,6 +45,7 @@ it; re-run it to refresh its table (then `python benchmarks/assemble.py`).
 
 
 NOTES_FILE = RESULTS / "notes.json"
+RELIABILITY_EXTRA = ("backup",)  # hand-measured sections appended to RELIABILITY.md
 
 
 def main() -> None:
@@ -57,7 +67,13 @@ def main() -> None:
             "What was tried, how many times, and what held. Long variants come from "
             "`benchmarks/reliability.py`; short variants of every scenario run in the default test suite "
             "(`tests/integration/test_reliability.py`, `tests/integration/test_service_real.py`, "
-            "`tests/unit/test_service.py`, `tests/unit/test_classifier.py`).\n\n" + rel.read_text()
+            "`tests/unit/test_service.py`, `tests/unit/test_classifier.py`).\n\n"
+            + rel.read_text()
+            + "".join(
+                "\n" + (RESULTS / f"{name}.md").read_text()
+                for name in RELIABILITY_EXTRA
+                if (RESULTS / f"{name}.md").exists()
+            )
         )
 
 

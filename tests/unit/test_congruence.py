@@ -17,8 +17,8 @@ from knnclass.data import Example
 from knnclass.encoders import FakeEncoder
 from knnclass.errors import CollectionNotFoundError, InputError
 from knnclass.store import CollectionMeta, Store
-from knnclass.store.edge import EdgeStore
-from knnclass.store.server import ServerStore
+
+from ._stores import make_store
 
 TOPICS = ["card", "transfer", "pin", "refund"]
 ENC = FakeEncoder(topics=TOPICS)
@@ -28,17 +28,9 @@ def _examples() -> list[Example]:
     return [Example(f"{t}-{i}", f"{t} ticket {i} {i * 3 % 7}", t) for t in TOPICS for i in range(15)]
 
 
-def _make(kind: str, tmp: Path) -> Store:
-    if kind == "edge":
-        return EdgeStore(tmp / "edge")
-    from qdrant_client import QdrantClient
-
-    return ServerStore(client=QdrantClient(location=":memory:"))
-
-
 @pytest.fixture(params=["edge", "server"])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
-    st = _make(request.param, tmp_path)
+    st = make_store(request.param, tmp_path)
     yield st
     st.close()
 
@@ -98,7 +90,7 @@ def test_versions_and_atomic_switch(store: Store) -> None:
 
 
 def _run_classifier(kind: str, tmp: Path) -> tuple[list[tuple[str | None, list[str]]], dict, int]:
-    st = _make(kind, tmp)
+    st = make_store(kind, tmp)
     clf = Classifier(st, "tickets", encoder=ENC)
     clf.index(_examples())
     tuned = clf.tune()

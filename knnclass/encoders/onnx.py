@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import threading
@@ -16,6 +15,7 @@ import numpy as np
 from .._cpu import encoder_threads
 from ..errors import DependencyError, EncoderError, InputError
 from .base import check_long, chunk_spans, head_tail
+from .metadata import METADATA_FILE, read_metadata
 
 __all__ = [
     "CUDA_MODEL_FILE",
@@ -28,27 +28,11 @@ __all__ = [
     "select_providers",
 ]
 
-METADATA_FILE = "knnclass-encoder.json"
 CUDA_MODEL_FILE = "model_fp16.onnx"  # written by `knnclass export --cuda`
 FUSED_MODEL_FILE = "model_fused.onnx"  # the int8 graph on knnclass's fused ops (_fusedops.c)
 # A lone batch with at least this many token slots (rows x width) runs on every thread:
 # one 342-token text takes 18 ms on 2 threads vs 29 ms on 1; a short ticket gains nothing.
 WIDE_TOKENS = 128
-
-
-def read_metadata(model_dir: Path) -> dict[str, Any]:
-    """The export metadata of a knnclass encoder dir."""
-    path = model_dir / METADATA_FILE
-    try:
-        meta: dict[str, Any] = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise EncoderError(f"{model_dir}: not a knnclass encoder dir (no {METADATA_FILE})") from None
-    except (OSError, ValueError) as e:
-        raise EncoderError(f"{path}: unreadable encoder metadata: {e}") from None
-    for key in ("identity", "model_file", "dim", "max_tokens", "pooling"):
-        if key not in meta:
-            raise EncoderError(f"{path}: encoder metadata lacks {key!r}")
-    return meta
 
 
 def fused_ops_library() -> Path | None:

@@ -89,6 +89,7 @@ def test_a_fused_graph_for_other_ops_runs_the_stock_graph(real_encoder, tmp_path
 def test_a_fused_graph_that_fails_is_dropped_not_fatal(encoder_cache, tmp_path, monkeypatch, fault: str) -> None:  # type: ignore[no-untyped-def]
     from knnclass.encoders import default_model_dir
     from knnclass.encoders import export as export_module
+    from knnclass.encoders import parity as parity_module
 
     class BrokenFused(OnnxEncoder):
         def __init__(self, *args, **kwargs):  # type: ignore[no-untyped-def]
@@ -100,7 +101,7 @@ def test_a_fused_graph_that_fails_is_dropped_not_fatal(encoder_cache, tmp_path, 
             got = super().embed(texts)
             return got[::-1].copy() if self.graph == "model_fused.onnx" else got
 
-    monkeypatch.setattr(export_module, "OnnxEncoder", BrokenFused)
+    monkeypatch.setattr(parity_module, "OnnxEncoder", BrokenFused)
     meta = export_module.export_encoder(default_model_dir(), tmp_path / "enc", name="all-MiniLM-L6-v2")
     expected = "cosine min" if fault == "wrong vectors" else "does not load"
     assert expected in meta["fused_rejected"] and "fused_model_file" not in meta

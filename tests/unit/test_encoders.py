@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from knnclass.encoders import FakeEncoder, OnnxEncoder
-from knnclass.encoders.export import KEEP_FP32, resolve_target
 from knnclass.encoders.onnx import select_providers
+from knnclass.encoders.quantization import KEEP_FP32, resolve_target
 from knnclass.errors import DependencyError, EncoderError, InputError
 
 

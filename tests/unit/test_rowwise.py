@@ -13,7 +13,7 @@ ort = pytest.importorskip("onnxruntime")
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
 from knnclass.encoders._rowwise import quantize_rows  # noqa: E402
-from knnclass.encoders.export import resolve_target  # noqa: E402
+from knnclass.encoders.quantization import resolve_target  # noqa: E402
 
 # Without VNNI, u8 x s8 products saturate 16-bit accumulators: export uses 7-bit weights there.
 WMAX = 127 if resolve_target("auto") != "avx2" else 63

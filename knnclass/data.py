@@ -12,6 +12,7 @@ import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from .errors import DependencyError, InputError
 
@@ -38,11 +39,37 @@ _POINT_NS = uuid.UUID("8f6f3a52-2c55-4c8e-9a53-6f1d1c0b7a11")
 
 @dataclass(frozen=True)
 class Example:
-    """One labelled ticket. `id` is the user's id, or a content hash of the text."""
+    """One labelled ticket. `id` is the user's id, or a content hash of the text.
+
+    `label` is its label of the collection's primary label set; `labels` those of the extra
+    sets it has (a set may be missing); `meta` its metadata (payload kinds: str, float, or a
+    UTC RFC 3339 string for date/times).
+    """
 
     id: str
     text: str
     label: str
+    labels: dict[str, str] = field(default_factory=dict, hash=False)
+    meta: dict[str, Any] = field(default_factory=dict, hash=False)
+
+    def payload(self) -> dict[str, Any]:
+        """What the stores keep of it besides the vector."""
+        p: dict[str, Any] = {"label": self.label, "text": self.text, "ext_id": self.id}
+        if self.labels:
+            p["labels"] = dict(self.labels)
+        if self.meta:
+            p["meta"] = dict(self.meta)
+        return p
+
+    @classmethod
+    def from_payload(cls, payload: dict[str, Any], ext_id: str | None = None) -> Example:
+        return cls(
+            ext_id if ext_id is not None else payload["ext_id"],
+            payload["text"],
+            payload["label"],
+            dict(payload.get("labels") or {}),
+            dict(payload.get("meta") or {}),
+        )
 
 
 def is_blank(text: str) -> bool:
@@ -288,22 +315,46 @@ def read_label_map(path: Path) -> dict[str, str]:
 def read_examples(
     path: Path,
     text_col: str | Sequence[str] | TextSource = "text",
-    label_col: str = "category",
+    label_col: str | Sequence[str] = "category",
     id_col: str | None = None,
     label_map: dict[str, str] | None = None,
     stats: ReadStats | None = None,
     delimiter: str | None = None,
+    meta_cols: Sequence[str] = (),
+    label_maps: dict[str, dict[str, str]] | None = None,
 ) -> list[Example]:
     """Read labelled examples; every row is checked before anything is returned.
 
     Rows sharing an id (or, without `id_col`, the same text) collapse to the last one, so
     re-reading a file is idempotent; `stats` (when given) records how many did and which
     of them disagreed on the label.
+
+    Several `label_col`s make several label sets: the first is the primary one (`label`, must
+    not be empty), the others go to `Example.labels` under their column name as given (an
+    empty cell: that set has no label for the row). `label_map` maps the primary set,
+    `label_maps` any set by name. `meta_cols` are kept as text in `Example.meta` (empty cells
+    left out; the classifier types them when indexing).
     """
     source = _source(text_col)
     header, rows = _rows(path, delimiter)
     cols = source.columns(path, header)
-    label_col = _need(path, header, label_col, "label")
+    names = [label_col] if isinstance(label_col, str) else list(label_col)
+    if not names:
+        raise InputError("name at least one label column")
+    if len(set(names)) != len(names):
+        raise InputError(f"label columns repeat: {', '.join(names)}")
+    maps = dict(label_maps or {})
+    unknown = sorted(set(maps) - set(names))
+    if unknown:
+        raise InputError(
+            f"--label-map {unknown[0]}=...: no label column {unknown[0]!r} (label columns: {', '.join(names)})"
+        )
+    if label_map is not None:
+        maps.setdefault(names[0], label_map)
+    label_cols = {n: _need(path, header, n, "label") for n in names}
+    label_col = label_cols[names[0]]
+    extra = names[1:]
+    meta = {m: _need(path, header, m, "metadata") for m in meta_cols}
     if id_col is not None:
         id_col = _need(path, header, id_col, "id")
     out: dict[str, Example] = {}
@@ -317,17 +368,29 @@ def read_examples(
             raise InputError(f"{path}:{n}: empty text")
         if is_blank(label):
             raise InputError(f"{path}:{n}: empty label")
-        if label_map is not None:
-            if label not in label_map:
+        primary_map = maps.get(names[0])
+        if primary_map is not None:
+            if label not in primary_map:
                 raise InputError(f"{path}:{n}: label {label!r} is not in the label map")
-            label = label_map[label]
+            label = primary_map[label]
+        others: dict[str, str] = {}
+        for name in extra:
+            value = row[label_cols[name]].strip()
+            if is_blank(value):
+                continue
+            if name in maps:
+                if value not in maps[name]:
+                    raise InputError(f"{path}:{n}: {name} label {value!r} is not in its label map")
+                value = maps[name][value]
+            others[name] = value
+        values = {m: row[c].strip() for m, c in meta.items() if row[c].strip()}
         if id_col is not None:
             ext = row[id_col].strip()
             if not ext:
                 raise InputError(f"{path}:{n}: empty id")
         else:
             ext = example_id(text)
-        out[ext] = Example(ext, text, label)
+        out[ext] = Example(ext, text, label, others, values)
         seen.setdefault(ext, []).append(label)
     if not out:
         raise InputError(f"{path}: no rows")

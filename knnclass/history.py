@@ -63,8 +63,15 @@ class Change:
     __hash__ = None  # type: ignore[assignment]
 
     def to_dict(self) -> dict[str, Any]:
-        def state(e: Example | None) -> dict[str, str] | None:
-            return None if e is None else {"label": e.label, "text": e.text}
+        def state(e: Example | None) -> dict[str, Any] | None:
+            if e is None:
+                return None
+            d: dict[str, Any] = {"label": e.label, "text": e.text}
+            if e.labels:
+                d["labels"] = dict(e.labels)
+            if e.meta:
+                d["meta"] = dict(e.meta)
+            return d
 
         d: dict[str, Any] = {"id": self.id, "old": state(self.old), "new": state(self.new)}
         if self.vector is not None:
@@ -73,8 +80,10 @@ class Change:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Change:
-        def state(s: dict[str, str] | None) -> Example | None:
-            return None if s is None else Example(d["id"], s["text"], s["label"])
+        def state(s: dict[str, Any] | None) -> Example | None:
+            if s is None:
+                return None
+            return Example(d["id"], s["text"], s["label"], dict(s.get("labels") or {}), dict(s.get("meta") or {}))
 
         vec = _vec_from_b64(d["old_vector"]) if d.get("old_vector") else None
         return cls(d["id"], state(d.get("old")), state(d.get("new")), vec)

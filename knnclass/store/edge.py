@@ -27,7 +27,7 @@ from ..errors import (
     StoreLockedError,
 )
 from ._files import ProcessLock, atomic_write_text, read_json
-from .base import CollectionMeta, Hit, HnswSettings, Ref, Store, validate_history_log, validate_name
+from .base import CollectionMeta, Hit, HnswSettings, Ref, Store, Where, validate_history_log, validate_name
 
 __all__ = ["EdgeStore"]
 
@@ -36,7 +36,38 @@ MARKER = "knnclass-store.json"
 # SIGBUS instead of an error, so refuse to open or write below this much free space.
 MIN_FREE_BYTES = int(os.environ.get("KNNCLASS_MIN_FREE_MB", "96")) * 2**20
 VECTOR = "text"
-_PAYLOAD = ["label", "ext_id"]
+_PAYLOAD = ["label", "ext_id", "labels"]
+
+
+def _filter(where: Where | None) -> Any:
+    """`where` (resolved) as a Qdrant Edge Filter; None for no filter."""
+    if not where:
+        return None
+    from qdrant_edge import FieldCondition, Filter, MatchValue, RangeDateTime, RangeFloat
+
+    must: list[Any] = []
+    for key, (kind, b) in where.bounds().items():
+        path = f"meta.{key}"
+        if b.get("never"):
+            # two different values asked of one keyword: nothing matches
+            must += [
+                FieldCondition(key=path, match=MatchValue(value=b["match"])),
+                FieldCondition(key=path, is_null=True),
+            ]
+        elif "match" in b:
+            must.append(FieldCondition(key=path, match=MatchValue(value=b["match"])))
+        else:
+            rng = RangeFloat if kind == "number" else RangeDateTime
+            must.append(FieldCondition(key=path, range=rng(**b)))
+    return Filter(must=must)
+
+
+def _index_schema(kind: str) -> Any:
+    from qdrant_edge import PayloadSchemaType
+
+    return {"keyword": PayloadSchemaType.Keyword, "number": PayloadSchemaType.Float}.get(
+        kind, PayloadSchemaType.Datetime
+    )
 
 
 class EdgeStore(Store):
@@ -151,9 +182,25 @@ class EdgeStore(Store):
             except Exception as e:
                 raise StoreError(f"cannot create shard for {name} {ref.version}: {e}") from None
             self._shards[ref] = shard
+            self._ensure_indexes(ref, meta)
             # meta.json last: a version without it is an unfinished one and is ignored.
             atomic_write_text(vdir / "meta.json", json.dumps(meta.to_dict(), indent=2))
             return ref
+
+    def _ensure_indexes(self, ref: Ref, meta: CollectionMeta) -> None:
+        """A payload index for every metadata column of `meta` the shard has none for."""
+        if not meta.payload_schema:
+            return
+        from qdrant_edge import UpdateOperation
+
+        shard = self._shard(ref)
+        have = set(shard.info().payload_schema)
+        for col, kind in meta.payload_schema.items():
+            if f"meta.{col}" not in have:
+                try:
+                    shard.update(UpdateOperation.create_field_index(f"meta.{col}", _index_schema(kind)))
+                except Exception as e:
+                    raise StoreError(f"cannot index metadata column {col!r} of {ref.name} {ref.version}: {e}") from None
 
     def switch(self, name: str, version: str) -> None:
         if version not in self.versions(name):
@@ -178,6 +225,7 @@ class EdgeStore(Store):
             raise StoreCorruptError(f"{self._vdir(ref) / 'meta.json'}: malformed ({e})") from None
 
     def set_meta(self, ref: Ref, meta: CollectionMeta) -> None:
+        self._ensure_indexes(ref, meta)
         atomic_write_text(self._vdir(ref) / "meta.json", json.dumps(meta.to_dict(), indent=2))
 
     # --- shards ---------------------------------------------------------------------------
@@ -211,11 +259,7 @@ class EdgeStore(Store):
             return
         self.check_space(need=len(examples) * (vectors.shape[1] * 8 + 2048))
         points = [
-            Point(
-                id=point_uuid(e.id),
-                vector={VECTOR: v.tolist()},
-                payload={"label": e.label, "text": e.text, "ext_id": e.id},
-            )
+            Point(id=point_uuid(e.id), vector={VECTOR: v.tolist()}, payload=e.payload())
             for e, v in zip(examples, vectors, strict=True)
         ]
         try:
@@ -243,11 +287,17 @@ class EdgeStore(Store):
             r = by_id.get(i)
             if r is not None:
                 vec = np.asarray(r.vector[VECTOR], dtype=np.float32) if with_vectors else None
-                out.append((Example(i, r.payload["text"], r.payload["label"]), vec))
+                out.append((Example.from_payload(r.payload, i), vec))
         return out
 
     def search(
-        self, ref: Ref, vectors: np.ndarray, limit: int, with_text: bool = False, exact: bool = False
+        self,
+        ref: Ref,
+        vectors: np.ndarray,
+        limit: int,
+        with_text: bool = False,
+        exact: bool = False,
+        where: Where | None = None,
     ) -> list[list[Hit]]:
         from qdrant_edge import Query, QueryBatchRequest, QueryRequest, SearchParams
 
@@ -255,38 +305,57 @@ class EdgeStore(Store):
             return []
         payload = [*_PAYLOAD, "text"] if with_text else _PAYLOAD
         params = SearchParams(hnsw_ef=max(self._hnsw.ef, limit), exact=exact)
+        flt = _filter(self.resolve_where(ref, where))
         reqs = [
             QueryRequest(
-                limit=limit, query=Query.Nearest(v.tolist(), using=VECTOR), with_payload=payload, params=params
+                limit=limit,
+                query=Query.Nearest(v.tolist(), using=VECTOR),
+                with_payload=payload,
+                params=params,
+                filter=flt,
             )
             for v in vectors
         ]
         shard = self._shard(ref)
         results = shard.query_batch(QueryBatchRequest(reqs)) if len(reqs) > 1 else [shard.query(reqs[0])]
         return [
-            [Hit(p.payload["ext_id"], p.payload["label"], float(p.score), p.payload.get("text")) for p in res]
+            [
+                Hit(
+                    p.payload["ext_id"],
+                    p.payload["label"],
+                    float(p.score),
+                    p.payload.get("text"),
+                    p.payload.get("labels") or {},
+                )
+                for p in res
+            ]
             for res in results
         ]
 
     def scroll(
-        self, ref: Ref, batch_size: int = 1024, with_vectors: bool = False
+        self, ref: Ref, batch_size: int = 1024, with_vectors: bool = False, where: Where | None = None
     ) -> Iterator[tuple[list[Example], np.ndarray | None]]:
         from qdrant_edge import ScrollRequest
 
         shard = self._shard(ref)
+        flt = _filter(self.resolve_where(ref, where))
         offset = None
         while True:
             recs, offset = shard.scroll(
-                ScrollRequest(offset=offset, limit=batch_size, with_payload=True, with_vector=with_vectors)
+                ScrollRequest(offset=offset, limit=batch_size, with_payload=True, with_vector=with_vectors, filter=flt)
             )
             if recs:
-                examples = [Example(r.payload["ext_id"], r.payload["text"], r.payload["label"]) for r in recs]
+                examples = [Example.from_payload(r.payload) for r in recs]
                 vecs = np.asarray([r.vector[VECTOR] for r in recs], dtype=np.float32) if with_vectors else None
                 yield examples, vecs
             if offset is None:
                 return
 
-    def count(self, ref: Ref) -> int:
+    def count(self, ref: Ref, where: Where | None = None) -> int:
+        if where:
+            from qdrant_edge import CountRequest
+
+            return int(self._shard(ref).count(CountRequest(filter=_filter(self.resolve_where(ref, where)), exact=True)))
         # The shard's own bookkeeping: exact (deletes and re-upserts included) in microseconds,
         # where an exact CountRequest scans every point (5 ms at 100k).
         return int(self._shard(ref).info().points_count)

@@ -20,14 +20,14 @@ import numpy as np
 
 from ..data import Example, point_uuid
 from ..errors import CollectionNotFoundError, InputError, StoreError
-from .base import CollectionMeta, Hit, HnswSettings, Ref, Store, validate_history_log, validate_name
+from .base import CollectionMeta, Hit, HnswSettings, Ref, Store, Where, validate_history_log, validate_name
 
 __all__ = ["ServerStore"]
 
 META = "knnclass_meta"
 HISTORY = "knnclass_history"
 _PART = 512 * 1024  # characters of a change set's JSON per history point
-_PAYLOAD = ["label", "ext_id"]
+_PAYLOAD = ["label", "ext_id", "labels"]
 _NS = uuid.UUID("2b0f7f7e-8a47-4d0f-9a1c-5b8d9a0e3c21")
 
 
@@ -121,6 +121,43 @@ class ServerStore(Store):
         self.set_meta(ref, meta)
         return ref
 
+    def _filter(self, ref: Ref, where: Where | None) -> Any:
+        """`where` as a qdrant-client Filter (typed by `ref`'s schema when it is not yet); None for none."""
+        where = self.resolve_where(ref, where)
+        if not where:
+            return None
+        m = self._m
+        must: list[Any] = []
+        for key, (kind, b) in where.bounds().items():
+            path = f"meta.{key}"
+            if b.get("never"):
+                must += [
+                    m.FieldCondition(key=path, match=m.MatchValue(value=b["match"])),
+                    m.IsNullCondition(is_null=m.PayloadField(key=path)),
+                ]
+            elif "match" in b:
+                must.append(m.FieldCondition(key=path, match=m.MatchValue(value=b["match"])))
+            elif kind == "number":
+                must.append(m.FieldCondition(key=path, range=m.Range(**b)))
+            else:
+                must.append(m.FieldCondition(key=path, range=m.DatetimeRange(**b)))
+        return m.Filter(must=must)
+
+    def _ensure_indexes(self, ref: Ref, meta: CollectionMeta) -> None:
+        """A payload index for every metadata column of `meta` the collection has none for."""
+        if not meta.payload_schema:
+            return
+        m = self._m
+        kinds = {"keyword": m.PayloadSchemaType.KEYWORD, "number": m.PayloadSchemaType.FLOAT}
+        try:
+            have = set(self.client.get_collection(_physical(ref)).payload_schema or {})
+            for col, kind in meta.payload_schema.items():
+                if f"meta.{col}" not in have:
+                    schema = kinds.get(kind, m.PayloadSchemaType.DATETIME)
+                    self.client.create_payload_index(_physical(ref), f"meta.{col}", schema, wait=True)
+        except Exception as e:
+            raise StoreError(f"cannot index the metadata of {_physical(ref)}: {e}") from None
+
     def switch(self, name: str, version: str) -> None:
         m = self._m
         if version not in self.versions(name):
@@ -155,6 +192,7 @@ class ServerStore(Store):
         return CollectionMeta.from_dict(json.loads(p.payload["meta"]))
 
     def set_meta(self, ref: Ref, meta: CollectionMeta) -> None:
+        self._ensure_indexes(ref, meta)
         point = self._m.PointStruct(
             id=self._meta_id(ref),
             vector=[1.0],
@@ -169,9 +207,7 @@ class ServerStore(Store):
         if not examples:
             return
         points = [
-            self._m.PointStruct(
-                id=point_uuid(e.id), vector=v.tolist(), payload={"label": e.label, "text": e.text, "ext_id": e.id}
-            )
+            self._m.PointStruct(id=point_uuid(e.id), vector=v.tolist(), payload=e.payload())
             for e, v in zip(examples, vectors, strict=True)
         ]
         try:
@@ -199,41 +235,66 @@ class ServerStore(Store):
             r = by_id.get(i)
             if r is not None:
                 vec = np.asarray(r.vector, dtype=np.float32) if with_vectors else None
-                out.append((Example(i, r.payload["text"], r.payload["label"]), vec))
+                out.append((Example.from_payload(r.payload, i), vec))
         return out
 
     def search(
-        self, ref: Ref, vectors: np.ndarray, limit: int, with_text: bool = False, exact: bool = False
+        self,
+        ref: Ref,
+        vectors: np.ndarray,
+        limit: int,
+        with_text: bool = False,
+        exact: bool = False,
+        where: Where | None = None,
     ) -> list[list[Hit]]:
         m = self._m
         if len(vectors) == 0:
             return []
         payload = [*_PAYLOAD, "text"] if with_text else _PAYLOAD
         params = m.SearchParams(hnsw_ef=max(self.hnsw.ef, limit), exact=exact)
-        reqs = [m.QueryRequest(query=v.tolist(), limit=limit, with_payload=payload, params=params) for v in vectors]
+        flt = self._filter(ref, where)
+        reqs = [
+            m.QueryRequest(query=v.tolist(), limit=limit, with_payload=payload, params=params, filter=flt)
+            for v in vectors
+        ]
         res = self.client.query_batch_points(_physical(ref), requests=reqs)
         return [
-            [Hit(p.payload["ext_id"], p.payload["label"], float(p.score), p.payload.get("text")) for p in r.points]
+            [
+                Hit(
+                    p.payload["ext_id"],
+                    p.payload["label"],
+                    float(p.score),
+                    p.payload.get("text"),
+                    p.payload.get("labels") or {},
+                )
+                for p in r.points
+            ]
             for r in res
         ]
 
     def scroll(
-        self, ref: Ref, batch_size: int = 1024, with_vectors: bool = False
+        self, ref: Ref, batch_size: int = 1024, with_vectors: bool = False, where: Where | None = None
     ) -> Iterator[tuple[list[Example], np.ndarray | None]]:
+        flt = self._filter(ref, where)
         offset = None
         while True:
             recs, offset = self.client.scroll(
-                _physical(ref), limit=batch_size, offset=offset, with_payload=True, with_vectors=with_vectors
+                _physical(ref),
+                scroll_filter=flt,
+                limit=batch_size,
+                offset=offset,
+                with_payload=True,
+                with_vectors=with_vectors,
             )
             if recs:
-                examples = [Example(r.payload["ext_id"], r.payload["text"], r.payload["label"]) for r in recs]
+                examples = [Example.from_payload(r.payload) for r in recs]
                 vecs = np.asarray([r.vector for r in recs], dtype=np.float32) if with_vectors else None
                 yield examples, vecs
             if offset is None:
                 return
 
-    def count(self, ref: Ref) -> int:
-        return int(self.client.count(_physical(ref), exact=True).count)
+    def count(self, ref: Ref, where: Where | None = None) -> int:
+        return int(self.client.count(_physical(ref), count_filter=self._filter(ref, where), exact=True).count)
 
     def optimize(self, ref: Ref) -> None:
         """The server builds its index in the background; nothing to do."""

@@ -17,7 +17,9 @@
  * the heads already merged.
  * Y is the int8 GEMM's output already scaled per column, S the activation row scales.
  *
- * KC_OPS_VERSION 3 (FUSED_OPS_VERSION in _rowwise.py: bump both with any change to an op).
+ * KC_OPS_VERSION (FUSED_OPS_VERSION in _rowwise.py: bump both with any change to an op) is
+ * exported as knnclass_fusedops_version(): the loader (onnx.fused_ops_library) compares it
+ * with the Python side's and runs the stock graph on a stale build.
  * onnxruntime loads this library through SessionOptions.register_custom_ops_library and
  * calls RegisterCustomOps. Only the few C API entries used here are declared below, by
  * their slot in onnxruntime's OrtApi function table (stable: the table only grows).
@@ -58,6 +60,8 @@ typedef struct OrtApiBase {
     OrtApiTable (*GetApi)(uint32_t version);
     const char *(*GetVersionString)(void);
 } OrtApiBase;
+
+#define KC_OPS_VERSION 3
 
 enum { KC_API_VERSION = 17 }; /* API level asked for: KernelContext_ParallelFor (1.17) */
 enum { KC_OP_VERSION = 16 };  /* OrtCustomOp layout filled in: through KernelComputeV2 */
@@ -660,6 +664,9 @@ static KcOp g_ops[] = {
     KC_OP("Attention", K_ATTN, kF8, kF1),
     KC_OP("AttentionQuant", K_ATTNQUANT, kF8, kQS),
 };
+
+/* The ops' version, for the loader to detect a library built from other sources. */
+KC_EXPORT int knnclass_fusedops_version(void) { return KC_OPS_VERSION; }
 
 KC_EXPORT OrtStatus *RegisterCustomOps(OrtSessionOptions *options, const OrtApiBase *base) {
     OrtApiTable api = base->GetApi(KC_API_VERSION);

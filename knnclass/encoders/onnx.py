@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import threading
@@ -22,8 +23,10 @@ __all__ = [
     "FUSED_MODEL_FILE",
     "METADATA_FILE",
     "OnnxEncoder",
+    "built_ops_library",
     "cpu_graph",
     "fused_ops_library",
+    "fused_ops_version",
     "read_metadata",
     "select_providers",
 ]
@@ -35,17 +38,66 @@ FUSED_MODEL_FILE = "model_fused.onnx"  # the int8 graph on knnclass's fused ops 
 WIDE_TOKENS = 128
 
 
+REBUILD_HINT = "rebuild them with `bash scripts/setup.sh` or `pip install -e .`"
+
+
+def built_ops_library() -> Path | None:
+    """The compiled fused-ops library beside this module, whatever its version (None: not built)."""
+    from importlib.machinery import EXTENSION_SUFFIXES
+
+    here = Path(__file__).parent
+    return next((here / f"_fusedops{s}" for s in EXTENSION_SUFFIXES if (here / f"_fusedops{s}").is_file()), None)
+
+
+def fused_ops_version(library: Path) -> int | None:
+    """The ops version a built library reports (knnclass_fusedops_version()); None where it
+    reports none (built before the library exported its version) or does not load."""
+    import ctypes
+
+    try:
+        lib = ctypes.CDLL(str(library))
+        get = lib.knnclass_fusedops_version
+    except (OSError, AttributeError):
+        return None
+    get.restype, get.argtypes = ctypes.c_int, []
+    return int(get())
+
+
+@functools.lru_cache(maxsize=8)
+def _checked_library(library: Path, mtime_ns: int, expected: int) -> bool:
+    """Whether `library` (as of `mtime_ns`) is the ops version `expected`; warns once where not."""
+    found = fused_ops_version(library)
+    if found == expected:
+        return True
+    logging.getLogger(__name__).warning(
+        "%s: stale build of knnclass's fused ops (version %s, this knnclass needs %d); running the "
+        "stock onnxruntime graphs instead (slower): %s",
+        library,
+        "unknown" if found is None else found,
+        expected,
+        REBUILD_HINT,
+    )
+    return False
+
+
 def fused_ops_library() -> Path | None:
-    """knnclass's compiled onnxruntime ops, or None where setup.py could not build them.
+    """knnclass's compiled onnxruntime ops, or None where setup.py could not build them or
+    they are a stale build (their version is not FUSED_OPS_VERSION: a warning says to rebuild).
 
     KNNCLASS_FUSED_OPS=0 turns them off (the stock-op graph runs instead).
     """
     if os.environ.get("KNNCLASS_FUSED_OPS", "1").strip() == "0":
         return None
-    from importlib.machinery import EXTENSION_SUFFIXES
+    from . import _rowwise
 
-    here = Path(__file__).parent
-    return next((here / f"_fusedops{s}" for s in EXTENSION_SUFFIXES if (here / f"_fusedops{s}").is_file()), None)
+    library = built_ops_library()
+    if library is None:
+        return None
+    try:
+        mtime_ns = library.stat().st_mtime_ns
+    except OSError:
+        return None
+    return library if _checked_library(library, mtime_ns, _rowwise.FUSED_OPS_VERSION) else None
 
 
 def cpu_graph(meta: dict[str, Any]) -> str:

@@ -85,6 +85,25 @@ def test_a_fused_graph_for_other_ops_runs_the_stock_graph(real_encoder, tmp_path
     assert OnnxEncoder(old).graph == "model.onnx"
 
 
+def test_a_stale_ops_build_runs_the_stock_graph(real_encoder, monkeypatch, caplog) -> None:  # type: ignore[no-untyped-def]
+    """A library compiled from older sources than this knnclass's: detected at load, not a crash."""
+    from knnclass.encoders._rowwise import FUSED_OPS_VERSION
+
+    assert OnnxEncoder(_dir(real_encoder)).graph == "model_fused.onnx"  # the encoder was exported for these ops
+    monkeypatch.setattr(onnx_module, "fused_ops_version", lambda library: FUSED_OPS_VERSION - 1)
+    onnx_module._checked_library.cache_clear()
+    try:
+        with caplog.at_level(logging.WARNING, logger="knnclass.encoders.onnx"):
+            enc = OnnxEncoder(_dir(real_encoder))
+        assert enc.graph == "model.onnx"
+        assert "stale build" in caplog.text and "scripts/setup.sh" in caplog.text
+        assert enc.embed(["my card has not arrived"]).shape == (1, 384)
+        with pytest.raises(EncoderError, match="compiled ops"):
+            OnnxEncoder(_dir(real_encoder), graph="model_fused.onnx")
+    finally:
+        onnx_module._checked_library.cache_clear()
+
+
 @pytest.mark.parametrize("fault", ["wrong vectors", "does not load"])
 def test_a_fused_graph_that_fails_is_dropped_not_fatal(encoder_cache, tmp_path, monkeypatch, fault: str) -> None:  # type: ignore[no-untyped-def]
     from knnclass.encoders import default_model_dir

@@ -275,5 +275,37 @@ def test_ops_version_is_the_same_in_python_and_c() -> None:
     from knnclass.encoders._rowwise import FUSED_OPS_VERSION
 
     src = (Path(__file__).resolve().parents[2] / "knnclass" / "encoders" / "_fusedops.c").read_text()
-    found = re.search(r"KC_OPS_VERSION (\d+)", src)
+    found = re.search(r"#define KC_OPS_VERSION (\d+)", src)
     assert found is not None and int(found.group(1)) == FUSED_OPS_VERSION
+
+
+def test_the_built_library_is_the_version_python_expects(lib: Path) -> None:
+    """Fails on a stale build (the C sources changed since it was compiled): rebuild with scripts/setup.sh."""
+    from knnclass.encoders._rowwise import FUSED_OPS_VERSION
+    from knnclass.encoders.onnx import fused_ops_version
+
+    assert fused_ops_version(lib) == FUSED_OPS_VERSION
+
+
+def test_a_stale_build_is_detected_at_load_and_not_used(
+    lib: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import logging
+
+    from knnclass.encoders import _rowwise
+    from knnclass.encoders.onnx import built_ops_library
+
+    monkeypatch.setattr(_rowwise, "FUSED_OPS_VERSION", _rowwise.FUSED_OPS_VERSION + 1)
+    with caplog.at_level(logging.WARNING, logger="knnclass.encoders.onnx"):
+        assert fused_ops_library() is None
+    assert built_ops_library() == lib  # still there, just not used
+    assert "stale build" in caplog.text and "scripts/setup.sh" in caplog.text and "pip install -e ." in caplog.text
+    monkeypatch.undo()
+    assert fused_ops_library() == lib
+
+
+def test_a_library_without_a_version_counts_as_stale(tmp_path: Path) -> None:
+    from knnclass.encoders.onnx import fused_ops_version
+
+    (tmp_path / "old.so").write_bytes(b"\0" * 64)  # does not load, or (an old build) has no version symbol
+    assert fused_ops_version(tmp_path / "old.so") is None

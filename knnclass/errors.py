@@ -71,6 +71,8 @@ class StoreError(KnnclassError):
 class StoreLockedError(StoreError):
     """Another process holds the embedded store."""
 
+    holder_pid: int | None = None  # the holder, when its lock file names it
+
 
 class StoreCorruptError(StoreError):
     """The store directory is damaged or belongs to another program."""

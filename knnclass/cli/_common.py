@@ -37,7 +37,16 @@ __all__ = [
 
 
 def store_options(f: F) -> F:
-    """--store, --collection and the server options, with env fallbacks."""
+    """--store, --collection, --wait and the server options, with env fallbacks."""
+    f = click.option(
+        "--wait",
+        envvar="KNNCLASS_WAIT",
+        type=click.FloatRange(0, 86400),
+        default=0.0,
+        metavar="SECONDS",
+        help="When another command holds the embedded store, wait up to this long for it "
+        "(a running `knnclass serve` needs no wait: commands go through it).",
+    )(f)
     f = click.option(
         "--qdrant-api-key", envvar="KNNCLASS_QDRANT_API_KEY", default=None, help="API key for --qdrant-url."
     )(f)
@@ -148,8 +157,9 @@ def open_classifier(
     qdrant_api_key: str | None = None,
     encoder_dir: Path | None = None,
     create: bool = False,
+    wait: float = 0.0,
 ) -> Classifier:
-    st = open_store(str(store), url=qdrant_url, api_key=qdrant_api_key, create=create)
+    st = open_store(str(store), url=qdrant_url, api_key=qdrant_api_key, create=create, wait_s=wait)
     return Classifier(st, collection, encoder_loader=_loader(encoder_dir))
 
 

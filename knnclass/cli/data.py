@@ -91,7 +91,9 @@ def restore(file: Path, replace: bool, as_json: bool, **so: Any) -> None:
     snap = Snapshot(file)
     try:
         name = so["collection"] if given else snap.collection
-        store = open_store(str(so["store"]), url=so["qdrant_url"], api_key=so["qdrant_api_key"], create=True)
+        store = open_store(
+            str(so["store"]), url=so["qdrant_url"], api_key=so["qdrant_api_key"], create=True, wait_s=so["wait"]
+        )
         with store, _Bar(sum(v.count for v in snap.versions), "restore") as bar:
             res = put(store, snap, name, replace, progress=bar.update)
     finally:

@@ -68,6 +68,8 @@ def serve(
     import uvicorn
 
     from ..service import ServiceSettings, create_app
+    from ..service.run import new_admin_token
+    from ..service.run import run as run_service
 
     if workers > 1 and not so.get("qdrant_url"):
         raise InputError(
@@ -80,11 +82,16 @@ def serve(
         **({"max_in_flight": max_in_flight} if max_in_flight else {}),
         batch_wait_ms=batch_wait_ms,
         snapshot_dir=str(snapshot_dir) if snapshot_dir else None,
+        admin_token=None if so.get("qdrant_url") else new_admin_token(),
     )
     clf = open_classifier(encoder_dir=encoder_dir, create=False, **so)
+    from ..store.remote import RemoteStore
+
+    if isinstance(clf.store, RemoteStore):
+        raise InputError(f"{so['store']} is already served by another `knnclass serve`; stop that one first")
     clf.ref()  # fail now, with a clear message, if the collection is missing
     click.echo(f"serving {so['collection']} on http://{host}:{port} (docs at /docs)", err=True)
-    run = {"host": host, "port": port, "log_level": log_level, "timeout_graceful_shutdown": 30, "access_log": False}
+    run: dict[str, Any] = {"log_level": log_level, "timeout_graceful_shutdown": 30, "access_log": False}
     if workers > 1:  # each worker process builds its own app from the environment
         clf.store.close()
         os.environ.update(
@@ -99,9 +106,10 @@ def serve(
                 **({"KNNCLASS_ENCODER": str(encoder_dir)} if encoder_dir else {}),
             }
         )
-        uvicorn.run("knnclass.service.factory:app_from_env", factory=True, workers=workers, **run)  # type: ignore[arg-type]
+        uvicorn.run("knnclass.service.factory:app_from_env", factory=True, workers=workers, host=host, port=port, **run)
         return
-    uvicorn.run(create_app(clf, settings), **run)  # type: ignore[arg-type]
+    root = getattr(clf.store, "root", None) if settings.admin_token else None
+    run_service(create_app(clf, settings), host, port, root, settings.admin_token, **run)
 
 
 COMMANDS = [serve]

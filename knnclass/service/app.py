@@ -22,9 +22,11 @@ from .._cpu import usable_cpus
 from ..classifier import Classifier, ClassifyRequest
 from ..data import Example, example_id
 from ..errors import InputError, KnnclassError
+from ..store.remote import ADMIN_HEADER, STORE_ROUTE
 from ..voting import Rule
 from .engine import Engine
 from .schemas import ClassifyBody, ClassifyResponse, ErrorBody, ExamplesRequest, RelabelRequest, SnapshotRequest
+from .store_route import StoreRoute
 
 __all__ = ["ServiceSettings", "create_app"]
 
@@ -46,6 +48,10 @@ class ServiceSettings:
     max_batch: int = 64
     batch_wait_ms: float = 0.0
     snapshot_dir: str | None = None  # where POST /v1/admin/snapshot may write (None: the route is off)
+    # The local admin token other knnclass processes on this machine use to reach the store
+    # (written to the store's .service.json by `knnclass serve`); None: the store route is off.
+    admin_token: str | None = None
+    max_admin_body_bytes: int = 1 << 28
 
     def __post_init__(self) -> None:
         if self.read_key is not None and self.api_key is None:
@@ -88,25 +94,27 @@ class _Guard:
         self.in_flight += 1
         return True
 
-    def _too_big(self) -> JSONResponse:
-        return _error(413, "payload_too_large", f"request body over {self.s.max_body_bytes} bytes")
+    def _too_big(self, limit: int) -> JSONResponse:
+        return _error(413, "payload_too_large", f"request body over {limit} bytes")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         method: str = scope["method"]
-        limited = scope["path"].startswith("/v1/")
+        admin = scope["path"] == STORE_ROUTE  # token-only, local: no request slot, a larger body limit
+        limited = scope["path"].startswith("/v1/") and not admin
+        max_body = self.s.max_admin_body_bytes if admin else self.s.max_body_bytes
         headers = dict(scope.get("headers", []))
         length = headers.get(b"content-length")
         if length is not None:
             try:
-                too_big = int(length) > self.s.max_body_bytes
+                too_big = int(length) > max_body
             except ValueError:
                 too_big = True
             if too_big:
                 self.m.count(method, "oversize", 413)
-                await self._too_big()(scope, receive, send)
+                await self._too_big(max_body)(scope, receive, send)
                 return
         has_body = b"transfer-encoding" in headers or (length is not None and length.strip() not in (b"", b"0"))
         acquired = False
@@ -139,8 +147,8 @@ class _Guard:
             if msg["type"] != "http.request":
                 return msg
             seen += len(msg.get("body", b""))
-            if seen > self.s.max_body_bytes:  # chunked: counted as it streams
-                raise refuse(self._too_big())
+            if seen > max_body:  # chunked: counted as it streams
+                raise refuse(self._too_big(max_body))
             if not msg.get("more_body", False):
                 body_done = True
                 if limited and not acquired:
@@ -246,6 +254,7 @@ def create_app(classifier: Classifier, settings: ServiceSettings | None = None) 
     metrics = _Metrics()
     engine = Engine(classifier, max_batch=s.max_batch, wait_s=s.batch_wait_ms / 1000)
     engine.observe = metrics.engine
+    store_route = StoreRoute(classifier.store, s.admin_token, engine.write) if s.admin_token else None
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -256,6 +265,8 @@ def create_app(classifier: Classifier, settings: ServiceSettings | None = None) 
             log.warning("not ready yet: %s", e)
         yield
         await engine.stop()
+        if store_route is not None:
+            store_route.shutdown()
         classifier.store.close()
         log.warning("knnclass: requests drained; store flushed and closed")
 
@@ -416,6 +427,22 @@ def create_app(classifier: Classifier, settings: ServiceSettings | None = None) 
         out = Path(s.snapshot_dir) / body.name
         d: dict[str, Any] = await engine.write(snapshot, classifier.store, classifier.collection, out)
         return {**d, "path": str(out)}
+
+    if store_route is not None:
+
+        @app.post(STORE_ROUTE, include_in_schema=False)
+        async def store_call(request: Request) -> JSONResponse:
+            """One Store call from another knnclass process on this machine (admin token only)."""
+            assert store_route is not None
+            if not store_route.allowed(request.headers.get(ADMIN_HEADER)):
+                return _error(403, "forbidden", "the store route needs this service's admin token")
+            try:
+                body = await request.json()
+            except ValueError:
+                return _error(422, "validation_error", "body: invalid JSON")
+            if not isinstance(body, dict):
+                return _error(422, "validation_error", "body: expected an object")
+            return JSONResponse({"result": await store_route.call(body)})
 
     @app.get("/v1/info", tags=["classify"], dependencies=[Depends(require_read)])
     async def info() -> dict[str, Any]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from typing import Any
 
 from fastapi import FastAPI
 
@@ -24,10 +25,11 @@ def app_from_env() -> FastAPI:
         encoder_dir=encoder,  # type: ignore[arg-type]
     )
     in_flight = env("KNNCLASS_MAX_IN_FLIGHT")
+    limits: dict[str, Any] = {"max_in_flight": int(in_flight)} if in_flight else {}
     settings = ServiceSettings(
         api_key=env("KNNCLASS_API_KEY") or None,
         read_key=env("KNNCLASS_READ_KEY") or None,
-        **({"max_in_flight": int(in_flight)} if in_flight else {}),
+        **limits,
         batch_wait_ms=float(env("KNNCLASS_BATCH_WAIT_MS", "0")),
         snapshot_dir=env("KNNCLASS_SNAPSHOT_DIR") or None,
     )

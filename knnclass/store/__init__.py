@@ -8,9 +8,18 @@ __all__ = ["CollectionMeta", "Hit", "HnswSettings", "Ref", "Store", "open_store"
 
 
 def open_store(
-    path: str | None = None, url: str | None = None, api_key: str | None = None, create: bool = True
+    path: str | None = None,
+    url: str | None = None,
+    api_key: str | None = None,
+    create: bool = True,
+    wait_s: float = 0.0,
 ) -> Store:
-    """The server backend when `url` is given, else the embedded store at `path`."""
+    """The server backend when `url` is given, else the embedded store at `path`.
+
+    When a running `knnclass serve` holds the embedded store, its store is used through the
+    service (knnclass.store.remote). When another process holds it, wait up to `wait_s`
+    seconds for the lock, then raise StoreLockedError.
+    """
     if url:
         import os
 
@@ -25,6 +34,22 @@ def open_store(
             write_consistency=int(env("KNNCLASS_QDRANT_WRITE_CONSISTENCY", "1")),
             hnsw=HnswSettings.from_env(),
         )
-    from .edge import EdgeStore
+    import time
+    from pathlib import Path
 
-    return EdgeStore(path or "knnclass-data", create=create, hnsw=HnswSettings.from_env())
+    from ..errors import StoreLockedError
+    from .edge import EdgeStore
+    from .remote import RemoteStore, find_service
+
+    root = Path(path or "knnclass-data").expanduser().resolve()
+    deadline = time.monotonic() + max(0.0, wait_s)
+    while True:
+        try:
+            return EdgeStore(root, create=create, hnsw=HnswSettings.from_env())
+        except StoreLockedError as e:
+            service = find_service(root, e.holder_pid)
+            if service is not None:
+                return RemoteStore(root, service)
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(0.25)

@@ -49,16 +49,20 @@ class ProcessLock:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = "another process"
+            holder, pid = "another process", None
             with contextlib.suppress(OSError):
                 info = os.pread(fd, 4096, 0).decode("utf-8", "replace").strip()
                 if info:
                     holder = f"process {info}"
+                    with contextlib.suppress(ValueError):
+                        pid = int(info.split()[0])
             os.close(fd)
-            raise StoreLockedError(
-                f"{what} is in use by {holder}; only one process may open an embedded store — "
-                "stop it, or talk to it (e.g. the HTTP API of `knnclass serve`)"
-            ) from None
+            err = StoreLockedError(
+                f"{what} is in use by {holder}; only one process may open an embedded store at a time — "
+                "wait for it to finish, or serve the store (`knnclass serve`): other commands then work through it"
+            )
+            err.holder_pid = pid
+            raise err from None
         os.ftruncate(fd, 0)
         cmd = " ".join(os.path.basename(a) for a in sys.argv[:2]) or "python"
         os.pwrite(fd, f"{os.getpid()} ({cmd})".encode(), 0)

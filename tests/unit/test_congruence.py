@@ -18,7 +18,7 @@ from knnclass.encoders import FakeEncoder
 from knnclass.errors import CollectionNotFoundError, InputError
 from knnclass.store import CollectionMeta, Store
 
-from ._stores import make_store
+from ._stores import BACKENDS, make_store
 
 TOPICS = ["card", "transfer", "pin", "refund"]
 ENC = FakeEncoder(topics=TOPICS)
@@ -28,7 +28,7 @@ def _examples() -> list[Example]:
     return [Example(f"{t}-{i}", f"{t} ticket {i} {i * 3 % 7}", t) for t in TOPICS for i in range(15)]
 
 
-@pytest.fixture(params=["edge", "server"])
+@pytest.fixture(params=BACKENDS)
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
     st = make_store(request.param, tmp_path)
     yield st
@@ -105,6 +105,8 @@ def _run_classifier(kind: str, tmp: Path) -> tuple[list[tuple[str | None, list[s
 def test_backends_give_identical_results(tmp_path: Path) -> None:
     edge = _run_classifier("edge", tmp_path)
     server = _run_classifier("server", tmp_path)
+    remote = _run_classifier("remote", tmp_path)
+    assert remote == edge  # the same store through a service: exactly the same
     assert edge[2] == server[2] == 60
     # same tuned rule and scores (the backends' similarities agree to float32 rounding)
     assert edge[1].keys() == server[1].keys()

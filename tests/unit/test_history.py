@@ -22,13 +22,13 @@ from knnclass.service import ServiceSettings, create_app
 from knnclass.store.edge import EdgeStore
 from knnclass.store.server import ServerStore
 
-from ._stores import make_store
+from ._stores import BACKENDS, make_store
 
 TOPICS = ["card", "transfer", "pin", "refund"]
 ENC = FakeEncoder(topics=TOPICS)
 
 
-@pytest.fixture(params=["edge", "server"])
+@pytest.fixture(params=BACKENDS)
 def clf(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Classifier]:
     st = make_store(request.param, tmp_path)
     c = Classifier(st, "tickets", encoder=ENC)

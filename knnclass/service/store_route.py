@@ -1,0 +1,132 @@
+"""The local admin route through which other knnclass processes use the store this service holds.
+
+Qdrant Edge holds the GIL while it upserts or searches, so every call is cut into bounded
+slices: classify requests interleave with a bulk index or a re-tune instead of waiting for it.
+Writes run on the engine's writer thread (in order with live edits); reads on their own thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import itertools
+import secrets
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+
+from ..errors import InputError
+from ..store import Store
+from ..store._wire import decode, encode
+from ..store.base import Hit
+
+__all__ = ["StoreRoute"]
+
+UPSERT_SLICE = 64  # points per Edge upsert call: a few ms of GIL at most
+SEARCH_SLICE = 16  # queries per Edge search call
+CURSOR_TTL_S = 600.0
+
+_READS = {
+    "list_collections", "versions", "current_version", "get_meta", "retrieve", "search", "count",
+    "read_history", "history_logs", "scroll_open", "scroll_next", "scroll_close",
+}  # fmt: skip
+_WRITES = {
+    "create_version", "switch", "drop_version", "set_meta", "upsert", "delete", "optimize",
+    "append_history", "drop_history",
+}  # fmt: skip
+
+
+class StoreRoute:
+    """Executes wire-encoded Store calls against `store`; `token` authorises them."""
+
+    def __init__(self, store: Store, token: str, write: Callable[..., Any]):
+        self.store = store
+        self.token = token
+        self._write = write  # the engine's writer: `await write(fn, *args)`
+        self._reads = ThreadPoolExecutor(1, thread_name_prefix="knnclass-admin-read")
+        self._cursors: dict[str, tuple[Iterator[Any], float]] = {}
+        self._mu = threading.Lock()
+
+    def allowed(self, given: str | None) -> bool:
+        return given is not None and hmac.compare_digest(given.encode(), self.token.encode())
+
+    async def call(self, body: dict[str, Any]) -> Any:
+        op = str(body.get("op", ""))
+        args = decode(body.get("args", []))
+        kwargs = decode(body.get("kwargs", {}))
+        if not isinstance(args, list) or not isinstance(kwargs, dict):
+            raise InputError("malformed store call")
+        if op in _WRITES:
+            result = await self._write(self._run, op, args, kwargs)
+        elif op in _READS:
+            result = await asyncio.get_running_loop().run_in_executor(self._reads, self._run, op, args, kwargs)
+        else:
+            raise InputError(f"unknown store operation {op!r}")
+        return encode(result)
+
+    def shutdown(self) -> None:
+        self._reads.shutdown(wait=True)
+
+    # --- operations --------------------------------------------------------------------
+    def _run(self, op: str, args: list[Any], kwargs: dict[str, Any]) -> Any:
+        special = getattr(self, f"_op_{op}", None)
+        if special is not None:
+            return special(*args, **kwargs)
+        return getattr(self.store, op)(*args, **kwargs)
+
+    def _op_upsert(self, ref: Any, examples: list[Any], vectors: np.ndarray) -> None:
+        for i in range(0, len(examples), UPSERT_SLICE):
+            self.store.upsert(ref, examples[i : i + UPSERT_SLICE], vectors[i : i + UPSERT_SLICE])
+            time.sleep(0)  # let a waiting classify thread take the GIL between slices
+
+    def _op_delete(self, ref: Any, ids: list[str]) -> None:
+        for i in range(0, len(ids), UPSERT_SLICE):
+            self.store.delete(ref, ids[i : i + UPSERT_SLICE])
+            time.sleep(0)
+
+    def _op_search(self, ref: Any, vectors: np.ndarray, limit: int, **kw: Any) -> list[list[Hit]]:
+        out: list[list[Hit]] = []
+        for i in range(0, len(vectors), SEARCH_SLICE):
+            out.extend(self.store.search(ref, vectors[i : i + SEARCH_SLICE], limit, **kw))
+            time.sleep(0)
+        return out
+
+    def _op_retrieve(self, ref: Any, ids: list[str], with_vectors: bool = False) -> list[Any]:
+        return [[e, v] for e, v in self.store.retrieve(ref, ids, with_vectors)]
+
+    def _op_scroll_open(self, ref: Any, batch_size: int = 1024, with_vectors: bool = False, where: Any = None) -> str:
+        self._expire()
+        cursor = secrets.token_hex(8)
+        it = self.store.scroll(ref, min(int(batch_size), 1024), with_vectors, where=where)
+        with self._mu:
+            self._cursors[cursor] = (it, time.monotonic())
+        return cursor
+
+    def _op_scroll_next(self, cursor: str) -> list[Any] | None:
+        with self._mu:
+            found = self._cursors.get(cursor)
+        if found is None:
+            raise InputError("unknown or expired scroll cursor; start the scroll again")
+        it = found[0]
+        page = next(it, None)
+        with self._mu:
+            if page is None:
+                self._cursors.pop(cursor, None)
+            else:
+                self._cursors[cursor] = (it, time.monotonic())
+        return None if page is None else [page[0], page[1]]
+
+    def _op_scroll_close(self, cursor: str) -> None:
+        with self._mu:
+            self._cursors.pop(cursor, None)
+
+    def _expire(self) -> None:
+        now = time.monotonic()
+        with self._mu:
+            for c, (_, t) in list(itertools.islice(self._cursors.items(), 1000)):
+                if now - t > CURSOR_TTL_S:
+                    del self._cursors[c]

@@ -1,0 +1,72 @@
+"""The wire form of Store calls: JSON with typed values, vectors as base64 float32.
+
+Used by the service's store route and RemoteStore, so a CLI process can drive the store a
+running service holds. Only the types below travel; anything else is refused.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+from typing import Any
+
+import numpy as np
+
+from ..data import Example
+from ..errors import InputError
+from .base import CollectionMeta, Cond, Hit, Ref, Where
+
+__all__ = ["WIRE_TYPES", "decode", "encode", "register"]
+
+WIRE_TYPES: dict[str, type] = {
+    t.__name__: t for t in (Ref, Example, Hit, CollectionMeta, Where, Cond)
+}
+
+
+def register(cls: type) -> type:
+    """Let dataclass `cls` travel (fields must themselves be wire values); usable as a decorator."""
+    WIRE_TYPES[cls.__name__] = cls
+    return cls
+
+
+def encode(x: Any) -> Any:
+    """`x` as plain JSON values."""
+    if x is None or isinstance(x, bool | int | float | str):
+        return x
+    if isinstance(x, np.ndarray):
+        a = np.ascontiguousarray(x, dtype=np.float32)
+        return {"$nd": base64.b64encode(a.tobytes()).decode("ascii"), "shape": list(a.shape)}
+    if isinstance(x, np.floating | np.integer):
+        return x.item()
+    if isinstance(x, list | tuple):
+        return [encode(v) for v in x]
+    if isinstance(x, dict):
+        return {"$map": [[encode(k), encode(v)] for k, v in x.items()]}
+    name = type(x).__name__
+    if dataclasses.is_dataclass(x) and WIRE_TYPES.get(name) is type(x):
+        return {"$t": name, "v": {f.name: encode(getattr(x, f.name)) for f in dataclasses.fields(x)}}
+    raise InputError(f"cannot send a {name} to the service")
+
+
+def decode(x: Any) -> Any:
+    """The value `encode` made `x` from."""
+    if isinstance(x, list):
+        return [decode(v) for v in x]
+    if not isinstance(x, dict):
+        return x
+    if "$nd" in x:
+        shape = tuple(int(s) for s in x["shape"])
+        return np.frombuffer(base64.b64decode(x["$nd"]), dtype=np.float32).reshape(shape).copy()
+    if "$map" in x:
+        return {_key(decode(k)): decode(v) for k, v in x["$map"]}
+    if "$t" in x:
+        cls = WIRE_TYPES.get(str(x["$t"]))
+        if cls is None:
+            raise InputError(f"unknown wire type {x['$t']!r}")
+        fields = {k: decode(v) for k, v in dict(x["v"]).items()}
+        return cls(**fields)
+    raise InputError("malformed wire value")
+
+
+def _key(k: Any) -> Any:
+    return tuple(k) if isinstance(k, list) else k

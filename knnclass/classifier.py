@@ -23,7 +23,7 @@ from .errors import (
 )
 from .metrics import evaluation_metrics
 from .policy import Policy, reasons, score_rows, typical_similarity
-from .store.base import CollectionMeta, Hit, Ref, Store
+from .store.base import CollectionMeta, Hit, Ref, Store, Where, infer_kind, to_payload_value, validate_meta_column
 from .text import Prepared, TextSettings, prepare
 from .text import embed as embed_text
 from .tuning import K_MAX, Objective, TuningResult, hits_to_arrays, tune_rule
@@ -60,6 +60,7 @@ class Prediction:
     alternatives: list[tuple[str, float]] = field(default_factory=list)
     source: str = "knn"
     shortened: bool = False
+    sets: dict[str, Prediction] = field(default_factory=dict)  # every label set's answer (several sets only)
 
     def to_dict(self, include_neighbours: bool = True) -> dict[str, Any]:
         d: dict[str, Any] = {
@@ -75,6 +76,8 @@ class Prediction:
         }
         if include_neighbours:
             d["neighbours"] = [{"id": n.id, "label": n.label, "score": round(n.score, 6)} for n in self.neighbours]
+        if self.sets:
+            d["labels"] = {name: p.to_dict(include_neighbours) for name, p in self.sets.items()}
         return d
 
 
@@ -88,6 +91,7 @@ class ClassifyRequest:
     k: int | None = None
     truncate: bool = True
     fields: Sequence[Mapping[str, str]] = ()
+    where: Where | None = None  # only matching neighbours vote
 
 
 @dataclass(frozen=True)
@@ -196,12 +200,15 @@ class Classifier:
         on_batch: Callable[[int], None] | None = None,
         create: bool = True,
         text: TextSettings | None = None,
+        label_sets: Sequence[str] | None = None,
     ) -> Ref:
         """Embed and upsert; creates the collection (stamped with the encoder) if needed.
 
         `skip_batches` resumes after that many acknowledged batches; `on_batch(k)` runs once
         batch k is durable. With `create=False` a missing collection is an error. `text` (cleaning,
         long-text strategy) is stamped on a new collection; for an existing one it must match.
+        `label_sets` (label column names, primary first) likewise. The examples' metadata is typed
+        per column (number, datetime, else keyword; a column's kind is stamped once) and indexed.
         """
         if self.exists() or not create:
             ref = self.ref()
@@ -213,11 +220,28 @@ class Classifier:
                     f"collection {self.collection!r} cleans with {stamped.clean!r} and shortens long texts by "
                     f"{stamped.long!r}; index into a new collection to use {text.clean!r} / {text.long!r}"
                 )
+            have = meta.label_sets or ([label_sets[0]] if label_sets else None)
+            if label_sets is not None and have is not None and list(label_sets) != list(have):
+                raise InputError(
+                    f"collection {self.collection!r} has the label sets {', '.join(have)}, not "
+                    f"{', '.join(label_sets)}; index into a new collection for other label columns"
+                )
         else:
             enc = self.encoder_for(None)
             settings = (text or TextSettings()).to_dict()
-            meta = CollectionMeta(enc.identity, enc.source, enc.dim, text=settings)
+            meta = CollectionMeta(
+                enc.identity, enc.source, enc.dim, text=settings, label_sets=list(label_sets) if label_sets else None
+            )
             ref = self.store.create(self.collection, meta)
+        extra = set(meta.set_names()[1:])
+        stray = sorted({s for e in examples for s in e.labels} - extra)
+        if stray:
+            raise InputError(f"examples carry labels of {stray[0]!r}, not a label set of {self.collection!r}")
+        schema = payload_schema(examples, meta.payload_schema)
+        if schema != (meta.payload_schema or {}):
+            meta = meta.with_(payload_schema=schema)
+            self.store.set_meta(ref, meta)
+        examples = typed_metadata(examples, schema)
         settings_ = TextSettings.from_meta(meta.text)
         done = min(len(examples), skip_batches * batch_size)
         if progress and done:
@@ -254,6 +278,10 @@ class Classifier:
         ref = ref or self.ref()
         meta = self.meta(ref)
         enc = self.encoder_for(meta)
+        schema = payload_schema(examples, meta.payload_schema)
+        if schema != (meta.payload_schema or {}):
+            self.store.set_meta(ref, meta.with_(payload_schema=schema))
+        examples = typed_metadata(examples, schema)
         settings = TextSettings.from_meta(meta.text)
         seen = prepare(enc, [e.text for e in examples], settings)
         if not truncate:
@@ -270,15 +298,32 @@ class Classifier:
             raise ExampleNotFoundError(f"no example with id {example_id!r}")
         return found[0][0]
 
-    def relabel(self, example_id: str, label: str, ref: Ref | None = None, who: str = "library") -> Example:
-        """Change one example's label, keeping its vector."""
-        return self.relabel_many([(example_id, label)], ref, who)[0]
+    def relabel(
+        self,
+        example_id: str,
+        label: str,
+        ref: Ref | None = None,
+        who: str = "library",
+        label_set: str | None = None,
+    ) -> Example:
+        """Change one example's label (of `label_set`, default the primary set), keeping its vector."""
+        return self.relabel_many([(example_id, label)], ref, who, label_set)[0]
 
     def relabel_many(
-        self, pairs: Sequence[tuple[str, str]], ref: Ref | None = None, who: str = "library"
+        self,
+        pairs: Sequence[tuple[str, str]],
+        ref: Ref | None = None,
+        who: str = "library",
+        label_set: str | None = None,
     ) -> list[Example]:
-        """Change several examples' labels (vectors kept) as one change set in the history; all ids checked first."""
+        """Change several examples' labels (vectors kept) as one change set in the history; all ids checked first.
+
+        `label_set` names the set to change (default: the primary one)."""
         ref = ref or self.ref()
+        names = self.meta(ref).set_names()
+        if label_set is not None and label_set not in names:
+            raise InputError(f"no label set {label_set!r}; this collection has: {', '.join(names)}")
+        extra = label_set if label_set is not None and label_set != names[0] else None
         labels = [(i, lab.strip()) for i, lab in pairs]
         if any(is_blank(lab) for _, lab in labels):
             raise InputError("label must not be empty")
@@ -286,7 +331,12 @@ class Classifier:
         missing = [i for i, _ in labels if i not in found]
         if missing:
             raise ExampleNotFoundError(f"no example with id {missing[0]!r}")
-        new = {i: Example(i, found[i][0].text, lab) for i, lab in labels}
+        new = {
+            i: replace(found[i][0], labels={**found[i][0].labels, extra: lab})
+            if extra
+            else replace(found[i][0], label=lab)
+            for i, lab in labels
+        }
         vecs = np.stack([v for _, v in (found[i] for i in new) if v is not None]) if new else None
         changes = [history.make_change(i, found[i], e) for i, e in new.items()]
 
@@ -308,11 +358,40 @@ class Classifier:
         change = history.make_change(example_id, found[0], None)
         history.commit(self.store, ref, "delete", who, [change], lambda: self.store.delete(ref, [example_id]))
 
+    # --- label sets ------------------------------------------------------------------------
+    def for_set(self, name: str | None, meta: CollectionMeta | None = None) -> Classifier:
+        """This classifier seen through label set `name` (itself for the primary set or None)."""
+        names = (meta or self.meta()).set_names()
+        if name is None or name == names[0]:
+            return self
+        if name not in names:
+            raise InputError(f"no label set {name!r}; this collection has: {', '.join(names)}")
+        from .labelsets import SetView
+
+        view = Classifier(SetView(self.store, name), self.collection, self._encoder, self._loader)
+        view._loaded = self._loaded
+        return view
+
     # --- classifying -------------------------------------------------------------------
     def rule(self, meta: CollectionMeta) -> Rule:
         if not meta.rule:
             raise NotTunedError(f"collection {self.collection!r} has no tuned rule yet: run `knnclass tune`")
         return Rule.from_dict(meta.rule)
+
+    def set_rules(self, meta: CollectionMeta, override: Rule | None = None, k: int | None = None) -> dict[str, Rule]:
+        """The rule of every extra label set (`override` for all when given), with `k` applied."""
+        out = {}
+        for name in meta.set_names()[1:]:
+            if override is not None:
+                out[name] = override.with_k(k)
+                continue
+            d = (meta.sets or {}).get(name) or {}
+            if not d.get("rule"):
+                raise NotTunedError(
+                    f"label set {name!r} of {self.collection!r} has no tuned rule yet: run `knnclass tune`"
+                )
+            out[name] = Rule.from_dict(d["rule"]).with_k(k)
+        return out
 
     def classify(
         self,
@@ -321,9 +400,12 @@ class Classifier:
         k: int | None = None,
         with_text: bool = False,
         truncate: bool = True,
+        where: Where | None = None,
     ) -> tuple[list[Prediction], Ref, Rule]:
-        """Predictions for `texts`, all against one pinned version of the collection."""
-        result = self.classify_batch([ClassifyRequest(texts, rule, k, truncate)], with_text=with_text)[0]
+        """Predictions for `texts`, all against one pinned version of the collection; with `where`,
+        only neighbours whose metadata match vote."""
+        request = ClassifyRequest(texts, rule, k, truncate, where=where)
+        result = self.classify_batch([request], with_text=with_text)[0]
         if isinstance(result, Exception):
             raise result
         return result.predictions, result.ref, result.rule
@@ -344,6 +426,7 @@ class Classifier:
         settings = TextSettings.from_meta(meta.text)
         t0 = time.perf_counter()
         plans: list[Rule | KnnclassError] = []
+        extras: list[tuple[dict[str, Rule], Where | None]] = []
         seen: list[Prepared] = []
         source = settings.source()
         for req in requests:
@@ -351,28 +434,34 @@ class Classifier:
                 raw = list(req.texts) if req.texts else [_compose(source, f) for f in req.fields]
             except KnnclassError as e:
                 seen.append(Prepared([], []))
+                extras.append(({}, None))
                 plans.append(e)
                 continue
             seen.append(prepare(enc, raw, settings))
             try:
                 if not req.truncate:
                     self.check_length(enc, seen[-1])
-                plans.append((req.rule or self.rule(meta)).with_k(req.k))
+                resolved = req.where.resolve(meta.payload_schema) if req.where else None
+                chosen = (req.rule or self.rule(meta)).with_k(req.k)
+                extra = (self.set_rules(meta, req.rule, req.k), resolved)
+                plans.append(chosen)
+                extras.append(extra)
             except KnnclassError as e:
+                extras.append(({}, None))
                 plans.append(e)
         texts = [t for p, s in zip(plans, seen, strict=True) if isinstance(p, Rule) for t in s.texts]
         vecs = enc.embed(texts, long=settings.long) if texts else np.zeros((0, enc.dim), dtype=np.float32)
         t1 = time.perf_counter()
         out: list[ClassifyResult | KnnclassError] = []
         pos = 0
-        for plan, prep in zip(plans, seen, strict=True):
+        for plan, prep, (rules, where) in zip(plans, seen, extras, strict=True):
             if not isinstance(plan, Rule):
                 out.append(plan)
                 continue
             part = vecs[pos : pos + len(prep.texts)]
             pos += len(prep.texts)
-            preds = self.classify_vectors(part, ref, plan, with_text, meta)
-            preds = [replace(p, shortened=s) for p, s in zip(preds, prep.shortened, strict=True)]
+            preds = self.classify_vectors(part, ref, plan, with_text, meta, where, rules)
+            preds = [_shortened(p, s) for p, s in zip(preds, prep.shortened, strict=True)]
             out.append(ClassifyResult(preds, ref, plan, enc.identity))
         if timings is not None:
             timings.encode_s, timings.search_s, timings.texts = t1 - t0, time.perf_counter() - t1, len(texts)
@@ -396,21 +485,53 @@ class Classifier:
         rule: Rule,
         with_text: bool = False,
         meta: CollectionMeta | None = None,
+        where: Where | None = None,
+        rules: Mapping[str, Rule] | None = None,
     ) -> list[Prediction]:
-        """Search, vote, calibrate and decide for embedded tickets (the version's head when it serves)."""
+        """Search, vote, calibrate and decide for embedded tickets (the version's head when it serves).
+
+        One search per ticket serves every label set: each extra set votes with its own rule
+        (`rules`, default its tuned one) and calibration among the neighbours that have a label
+        of it, and the answers go to `Prediction.sets`.
+        """
         meta = meta or self.meta(ref)
-        n_indexed = self.store.count(ref) if rule.size == "pct" else 0
-        k = min(rule.k(n_indexed), K_MAX)
-        width = max(k, 3)  # familiarity looks at the top 3 whatever k is
-        hits = self.store.search(ref, vectors, width, with_text=with_text) if len(vectors) else []
+        names = meta.set_names()
+        plans = {names[0]: rule, **(rules if rules is not None else self.set_rules(meta))}
+        n_indexed = self.store.count(ref, where) if any(r.size == "pct" for r in plans.values()) else 0
+        ks = {name: min(r.k(n_indexed), K_MAX) for name, r in plans.items()}
+        width = max(*ks.values(), 3)  # familiarity looks at the top 3 whatever k is
+        hits = self.store.search(ref, vectors, width, with_text=with_text, where=where) if len(vectors) else []
         head = self._head(meta)
+        policy = Policy.from_dict(meta.policy) if meta.policy else None
+        primary = self._decide(vectors, hits, rule, ks[names[0]], width, policy, head)
+        if len(names) == 1:
+            return primary
+        from .labelsets import project_hits, set_meta
+
+        answers = {names[0]: primary}
+        for name in names[1:]:
+            sm = set_meta(meta, name)
+            pol = Policy.from_dict(sm.policy) if sm.policy else None
+            answers[name] = self._decide(vectors, project_hits(hits, name), plans[name], ks[name], width, pol, None)
+        return [replace(p, sets={n: answers[n][i] for n in names}) for i, p in enumerate(primary)]
+
+    def _decide(
+        self,
+        vectors: np.ndarray,
+        hits: Sequence[Sequence[Hit]],
+        rule: Rule,
+        k: int,
+        width: int,
+        policy: Policy | None,
+        head: Head | None,
+    ) -> list[Prediction]:
+        """Vote, calibrate and decide one label set from the neighbours found."""
         labels = sorted({h.label for row in hits for h in row} | set(head.labels if head else ()))
         codes, scores = hits_to_arrays(hits, labels, width)
         head_probs = None
         if head is not None:
             head_probs = np.zeros((len(vectors), len(labels)))
             head_probs[:, [labels.index(lab) for lab in head.labels]] = head.probabilities(vectors)
-        policy = Policy.from_dict(meta.policy) if meta.policy else None
         sc = score_rows(codes, scores, labels, rule, k, policy, head_probs)
         out = []
         for i, why in enumerate(reasons(sc, rule)):
@@ -444,20 +565,25 @@ class Classifier:
 
     # --- tuning and evaluation ---------------------------------------------------------
     def loo_neighbours(
-        self, ref: Ref, limit: int | None = None, batch_size: int = 512
+        self, ref: Ref, limit: int | None = None, batch_size: int = 512, where: Where | None = None
     ) -> list[tuple[Example, list[Hit]]]:
-        """Every stored example with its nearest neighbours, itself left out."""
-        return [(e, h) for e, h, _ in self._loo(ref, limit, batch_size)]
+        """Every stored example (matching `where`) with its nearest (matching) neighbours, itself left out."""
+        return [(e, h) for e, h, _ in self._loo(ref, limit, batch_size, where=where)]
 
     def _loo(
-        self, ref: Ref, limit: int | None = None, batch_size: int = 512, with_vectors: bool = False
+        self,
+        ref: Ref,
+        limit: int | None = None,
+        batch_size: int = 512,
+        with_vectors: bool = False,
+        where: Where | None = None,
     ) -> list[tuple[Example, list[Hit], np.ndarray | None]]:
-        n_indexed = self.store.count(ref)
+        n_indexed = self.store.count(ref, where)
         limit = min(limit or K_MAX, max(1, n_indexed - 1)) + 1
         out: list[tuple[Example, list[Hit], np.ndarray | None]] = []
-        for examples, vecs in self.store.scroll(ref, batch_size, with_vectors=True):
+        for examples, vecs in self.store.scroll(ref, batch_size, with_vectors=True, where=where):
             assert vecs is not None
-            for e, row, v in zip(examples, self.store.search(ref, vecs, limit), vecs, strict=True):
+            for e, row, v in zip(examples, self.store.search(ref, vecs, limit, where=where), vecs, strict=True):
                 out.append((e, [h for h in row if h.id != e.id][: limit - 1], v if with_vectors else None))
         return out
 
@@ -466,13 +592,39 @@ class Classifier:
         validation: Sequence[Example] | None = None,
         unknown_label: str | None = None,
         objective: Objective | None = None,
+        where: Where | None = None,
     ) -> TuningResult:
-        """Pick and calibrate the rule (leave-one-out without `validation`); stamp it on the collection."""
+        """Pick and calibrate the rule (leave-one-out without `validation`); stamp it on the collection.
+
+        With `where`, tuned on the matching examples with only matching neighbours voting."""
         ref = self.ref()
         meta = self.meta(ref)
-        result = self.tune_version(ref, validation, unknown_label, objective, self._head(meta))
-        self.stamp(ref, result)
+        where = where.resolve(meta.payload_schema) if where else None
+        result = self.tune_version(ref, validation, unknown_label, objective, self._head(meta), where)
+        self.stamp(ref, result, where=where)
         return result
+
+    def tune_all(
+        self,
+        validation: Sequence[Example] | None = None,
+        unknown_label: str | None = None,
+        objective: Objective | None = None,
+        where: Where | None = None,
+    ) -> dict[str, TuningResult]:
+        """`tune` for every label set, primary first: each on the rows that have a label of it
+        (`unknown_label` applies to the primary set)."""
+        from .labelsets import project_example
+
+        names = self.meta().set_names()
+        out = {names[0]: self.tune(validation, unknown_label, objective, where)}
+        for name in names[1:]:
+            val = None
+            if validation is not None:
+                val = [p for p in (project_example(e, name) for e in validation) if p is not None]
+                if not val:
+                    raise InputError(f"no --validation row has a label of {name!r}")
+            out[name] = self.for_set(name).tune(val, None, objective, where)
+        return out
 
     def set_long_text(self, validation: Sequence[Example] | None, long: str) -> dict[str, float]:
         """Set the long-text strategy for incoming tickets; "auto" picks the one whose guesses
@@ -497,10 +649,11 @@ class Classifier:
         self.store.set_meta(ref, meta.with_(text=chosen.to_dict()))
         return scores
 
-    def stamp(self, ref: Ref, result: TuningResult, **changes: Any) -> None:
-        """Store a tuning result (rule, summary, calibration policy) on version `ref`."""
+    def stamp(self, ref: Ref, result: TuningResult, where: Where | None = None, **changes: Any) -> None:
+        """Store a tuning result (rule, summary, calibration policy; the filter tuned under) on version `ref`."""
         policy = result.policy.to_dict() if result.policy else None
-        meta = self.meta(ref).with_(rule=result.best.rule.to_dict(), tuning=result.summary(), policy=policy)
+        summary = {**result.summary(), **({"where": where.to_filter()} if where else {})}
+        meta = self.meta(ref).with_(rule=result.best.rule.to_dict(), tuning=summary, policy=policy)
         self.store.set_meta(ref, meta.with_(**changes))
 
     def tune_version(
@@ -510,51 +663,80 @@ class Classifier:
         unknown_label: str | None = None,
         objective: Objective | None = None,
         head: Head | None = None,
+        where: Where | None = None,
     ) -> TuningResult:
         """Tune version `ref` without stamping it: leave-one-out, or `validation` (embedded with its encoder).
 
         The label's typical similarity (for familiarity) always comes from the stored
         examples' own leave-one-out neighbours; with `head` its answers are calibrated.
         """
-        n_indexed = self.store.count(ref)
+        n_indexed = self.store.count(ref, where)
         if n_indexed < 2:
-            raise InputError(f"collection {ref.name!r} needs at least 2 examples to tune (has {n_indexed})")
+            what = " matching the filter" if where else ""
+            raise InputError(f"collection {ref.name!r} needs at least 2 examples{what} to tune (has {n_indexed})")
         if validation is None:
             if unknown_label is not None:
                 raise InputError("--unknown-label needs --validation (indexed examples are all in scope)")
-            loo = self._loo(ref, K_MAX, with_vectors=head is not None)
+            loo = self._loo(ref, K_MAX, with_vectors=head is not None, where=where)
             truth, hits = [e.label for e, _, _ in loo], [h for _, h, _ in loo]
             vecs = [v for _, _, v in loo if v is not None]
             mode = "leave-one-out"
         else:
-            loo = self._loo(ref, 10)
+            loo = self._loo(ref, 10, where=where)
             truth = [e.label for e in validation]
             arr = self.embed_texts([e.text for e in validation], ref)
             vecs = list(arr)
-            hits = self.store.search(ref, arr, min(K_MAX, n_indexed))
+            hits = self.store.search(ref, arr, min(K_MAX, n_indexed), where=where)
             _check_labels(truth, {h.label for row in hits for h in row}, unknown_label)
             mode = "validation"
         typical = typical_similarity([e.label for e, _, _ in loo], [row for _, row, _ in loo])
         head_rows = (head.labels, head.probabilities(np.stack(vecs))) if head is not None and vecs else None
         return tune_rule(truth, hits, n_indexed, unknown_label, mode, typical, objective, head_rows)
 
-    def evaluate(self, examples: Sequence[Example], unknown_label: str | None = None) -> dict[str, Any]:
-        """Metrics of the served rule on labelled `examples` (see `metrics.evaluation_metrics`)."""
-        preds, ref, rule = self.classify([e.text for e in examples])
-        seen = {n.label for p in preds for n in p.neighbours} | {p.suggestion for p in preds if p.suggestion}
-        _check_labels([e.label for e in examples], seen, unknown_label)
-        m = evaluation_metrics([e.label for e in examples], preds, unknown_label)
+    def evaluate(
+        self, examples: Sequence[Example], unknown_label: str | None = None, where: Where | None = None
+    ) -> dict[str, Any]:
+        """Metrics of the served rules on labelled `examples` (see `metrics.evaluation_metrics`).
+
+        The primary set's metrics at the top (as for one-set collections) and every set's,
+        primary included, under `label_sets` keyed by label column; a set is scored on the rows
+        that have a label of it (`unknown_label` applies to the primary set). One classify serves all.
+        """
+        preds, ref, rule = self.classify([e.text for e in examples], where=where)
+        meta = self.meta(ref)
+        names = meta.set_names()
+        n = self.store.count(ref, where.resolve(meta.payload_schema) if where else None)
+        rules = {names[0]: rule, **self.set_rules(meta)}
+        sets: dict[str, dict[str, Any]] = {}
+        for name in names:
+            if name == names[0]:
+                truth, got, unknown = [e.label for e in examples], list(preds), unknown_label
+            else:
+                rows = [
+                    (e.labels[name], p.sets[name]) for e, p in zip(examples, preds, strict=True) if name in e.labels
+                ]
+                if not rows:
+                    continue
+                truth, got, unknown = [t for t, _ in rows], [p for _, p in rows], None
+            seen = {nb.label for p in got for nb in p.neighbours} | {p.suggestion for p in got if p.suggestion}
+            _check_labels(truth, seen, unknown)
+            r = rules[name]
+            sets[name] = {
+                **evaluation_metrics(truth, got, unknown),
+                "vote": r.vote,
+                "size": r.size,
+                "k": r.k(n),
+                "percent": r.value if r.size == "pct" else None,
+                "threshold": r.threshold,
+                "novelty": r.novelty,
+                "source": got[0].source if got else "knn",
+            }
         return {
-            **m,
-            "vote": rule.vote,
-            "size": rule.size,
-            "k": rule.k(self.store.count(ref)),
-            "percent": rule.value if rule.size == "pct" else None,
-            "threshold": rule.threshold,
-            "novelty": rule.novelty,
-            "source": preds[0].source if preds else "knn",
+            **sets[names[0]],
             "collection": ref.name,
             "version": ref.version,
+            **({"where": where.to_filter()} if where else {}),
+            "label_sets": sets,
         }
 
     # --- description ---------------------------------------------------------------------
@@ -576,11 +758,49 @@ class Classifier:
             "labels": self.store.label_counts(ref),
             "rule": meta.rule,
             "tuning": meta.tuning,
+            "label_sets": meta.set_names(),
+            "sets": {
+                name: {"labels": self.for_set(name, meta).store.label_counts(ref), **(meta.sets or {}).get(name, {})}
+                for name in meta.set_names()[1:]
+            },
+            "payload_schema": meta.payload_schema or {},
         }
 
     def iter_examples(self, ref: Ref | None = None) -> Iterable[Example]:
         for examples, _ in self.store.scroll(ref or self.ref()):
             yield from examples
+
+
+def payload_schema(examples: Sequence[Example], stamped: Mapping[str, str] | None) -> dict[str, str]:
+    """The metadata schema after indexing `examples`: the stamped kinds, plus inferred ones for new columns."""
+    schema = dict(stamped or {})
+    new: dict[str, list[Any]] = {}
+    for e in examples:
+        for k, v in e.meta.items():
+            if k not in schema:
+                new.setdefault(validate_meta_column(k), []).append(v)
+    schema.update({k: infer_kind(vs) for k, vs in new.items()})
+    return schema
+
+
+def typed_metadata(examples: Sequence[Example], schema: Mapping[str, str]) -> list[Example]:
+    """`examples` with metadata values as their column's kind stores them (an error names the example)."""
+    out = []
+    for e in examples:
+        if not e.meta:
+            out.append(e)
+            continue
+        try:
+            typed = {k: to_payload_value(k, schema[k], v) for k, v in e.meta.items()}
+        except InputError as err:
+            raise InputError(f"example {e.id!r}: {err}") from None
+        out.append(e if typed == e.meta else replace(e, meta=typed))
+    return out
+
+
+def _shortened(p: Prediction, shortened: bool) -> Prediction:
+    sets = {n: replace(q, shortened=shortened) for n, q in p.sets.items()}
+    return replace(p, shortened=shortened, sets=sets)
 
 
 def _compose(source: TextSource, fields: Mapping[str, str]) -> str:

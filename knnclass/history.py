@@ -254,7 +254,7 @@ def undo(
         left = f"{c.new.label!r}" if c.new else "deleted"
         raise HistoryConflictError(
             f"{len(stale)} of {len(ids)} examples of change set {target.id} changed since (first: {c.id!r} is "
-            f"{state}; the change left it {left}); undo the later changes first, or use --force"
+            f"{state}; the change left it {left}); undo the later changes first, or force the undo"
         )
     upserts: list[Example] = []
     vectors: list[np.ndarray | None] = []

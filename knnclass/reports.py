@@ -93,7 +93,7 @@ def apply_relabels(clf: Classifier, path: Path, who: str = "cli") -> int:
 def find_duplicates(clf: Classifier, threshold: float = 0.98) -> list[dict[str, Any]]:
     """Pairs of stored examples at cosine >= threshold; pairs with conflicting labels first."""
     if not 0 < threshold <= 1:
-        raise InputError("--threshold must be in (0, 1]")
+        raise InputError(f"threshold must be in (0, 1], not {threshold}")
     ref = clf.ref()
     seen: set[tuple[str, str]] = set()
     out: list[dict[str, Any]] = []
@@ -262,7 +262,7 @@ def write_report(
         positive_label = "urgent"
     if positive_label is not None:
         if positive_label not in labels:
-            raise InputError(f"--positive-label {positive_label!r} is not a label of this collection")
+            raise InputError(f"positive label {positive_label!r} is not a label of this collection")
         pos = labels.index(positive_label)
         tally = vote_batch(codes, scores, k, rule.vote, len(labels))[3]
         share = tally[:, pos] / np.clip(tally.sum(axis=1), 1e-9, None)

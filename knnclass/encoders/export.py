@@ -73,7 +73,7 @@ def _export_onnx(src: Path, work: Path, settings: ExportSettings) -> Path:
 
         level = settings.optimize.upper()
         if level not in ("O1", "O2", "O3", "O4"):
-            raise InputError(f"--optimize must be O1, O2, O3 or O4, not {settings.optimize!r}")
+            raise InputError(f"optimize must be O1, O2, O3 or O4, not {settings.optimize!r}")
         opt_dir = work / "opt"
         cfg = getattr(AutoOptimizationConfig, level)()
         ORTOptimizer.from_pretrained(model).optimize(save_dir=str(opt_dir), optimization_config=cfg)
@@ -81,7 +81,7 @@ def _export_onnx(src: Path, work: Path, settings: ExportSettings) -> Path:
     if settings.quantize == "int8":
         return quantize_int8(onnx_path, work, settings)
     if settings.quantize != "none":
-        raise InputError(f"--quantize must be int8 or none, not {settings.quantize!r}")
+        raise InputError(f"quantize must be int8 or none, not {settings.quantize!r}")
     return onnx_path
 
 
@@ -121,10 +121,10 @@ def require_model_dir(src: Path) -> None:
 def check_out_dir(out: Path) -> None:
     """`out` may be new, empty or an earlier encoder dir (replaced); anything else is refused."""
     if out.exists() and not out.is_dir():
-        raise InputError(f"--out {out}: is a file")
+        raise InputError(f"{out}: is a file, not a directory for the encoder")
     if out.is_dir() and any(out.iterdir()) and not (out / METADATA_FILE).is_file():
         raise InputError(
-            f"--out {out}: a non-empty directory that is not a knnclass encoder; "
+            f"{out}: a non-empty directory that is not a knnclass encoder; "
             "choose a new or empty one (an earlier encoder dir is replaced)"
         )
 
@@ -231,7 +231,7 @@ def _export_encoder(
 def export_best(
     src: str | Path, out: str | Path, settings: ExportSettings, name: str | None = None, parity_data: Path | None = None
 ) -> dict[str, Any]:
-    """The fastest int8 variant that passes the parity gate (or fp32 with --quantize none)."""
+    """The fastest int8 variant that passes the parity gate (or fp32 with quantize none)."""
     if settings.quantize == "none":
         return export_encoder(src, out, settings, name, parity_data)
     failures = []
@@ -246,4 +246,4 @@ def export_best(
         meta["rejected_variants"] = failures
         write_metadata(Path(out), meta)
         return meta
-    raise ExportError("no int8 variant passed the parity gate (use --quantize none): " + "; ".join(failures))
+    raise ExportError("no int8 variant passed the parity gate (quantize none exports fp32): " + "; ".join(failures))

@@ -117,7 +117,7 @@ def select_providers(device: str, available: Sequence[str]) -> list[str]:
     if device == "cuda":
         if "CUDAExecutionProvider" not in available:
             raise DependencyError(
-                "--device cuda needs onnxruntime-gpu with a CUDA device: "
+                "device cuda needs onnxruntime-gpu with a CUDA device: "
                 "pip uninstall onnxruntime && pip install onnxruntime-gpu"
             )
         return ["CUDAExecutionProvider", "CPUExecutionProvider"]
@@ -151,8 +151,8 @@ class OnnxEncoder:
         if providers[0] == "CUDAExecutionProvider":
             if not self.meta.get("cuda_model_file"):
                 raise EncoderError(
-                    f"{self._dir}: no fp16 graph for --device cuda (its int8 graph would run on the CPU); "
-                    "re-export it with `knnclass export --cuda`"
+                    f"{self._dir}: no fp16 graph for device cuda (its int8 graph would run on the CPU); "
+                    "re-export it with its fp16 CUDA graph (the cuda export setting)"
                 )
             self._model_file = self._dir / self.meta["cuda_model_file"]
         # CPU: the graph on knnclass's fused ops where the export wrote one and they are built.

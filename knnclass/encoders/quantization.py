@@ -40,7 +40,7 @@ def resolve_target(target: str) -> str:
     """The CPU target for int8 kernels; 'auto' reads this machine's CPU flags."""
     if target != "auto":
         if target not in TARGETS:
-            raise InputError(f"--target must be auto, avx512_vnni, avx2 or arm64, not {target!r}")
+            raise InputError(f"target must be auto, avx512_vnni, avx2 or arm64, not {target!r}")
         return target
     if platform.machine().lower() in ("arm64", "aarch64"):
         return "arm64"

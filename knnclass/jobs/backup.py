@@ -364,8 +364,8 @@ def _install(
         ours = _tag(metas[existing], existing, (COPIED,)) if copy else None
         if not (ours and ours.startswith(src.tag + "@")):  # a finished copy of this source is brought up to date
             raise CollectionExistsError(
-                f"collection {name!r} already exists in the target; use --replace to replace it"
-                + ("" if copy else " (or restore under another --collection name)")
+                f"collection {name!r} already exists in the target; replace it explicitly"
+                + ("" if copy else " (or restore it under another collection name)")
             )
     mapping: dict[str, str] = {}
     stats = {"written": 0, "skipped": 0, "deleted": 0, "renormalised": 0}

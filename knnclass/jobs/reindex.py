@@ -109,7 +109,7 @@ def promote(
         tuned, head_info = _retune(store, new, encoder, run_dir, labels, use_head)
         if use_head and head_info is None:
             raise InputError(
-                f"{run_dir}: no head to serve (--rule head): the run has none whose labels cover the collection's"
+                f"{run_dir}: no head to serve (rule head): the run has none whose labels cover the collection's"
             )
         changes: dict[str, Any] = {}
         if head_info and head_info["serve"]:

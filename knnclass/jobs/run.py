@@ -36,7 +36,7 @@ def run_finetune(
     base = Path(base_model) if base_model else default_model_dir()
     require_model_dir(base)
     if (out / RUN_FILE).exists():
-        raise InputError(f"{out}: already holds a run; choose another --out")
+        raise InputError(f"{out}: already holds a run; choose another output dir")
     out.mkdir(parents=True, exist_ok=True)
     log = log or (lambda s: None)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")

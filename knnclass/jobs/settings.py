@@ -45,22 +45,22 @@ class FinetuneSettings:
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
-            raise InputError(f"--strategy must be one of {', '.join(STRATEGIES)}, not {self.strategy!r}")
+            raise InputError(f"strategy must be one of {', '.join(STRATEGIES)}, not {self.strategy!r}")
         if self.scheduler not in ("linear", "cosine", "constant"):
-            raise InputError(f"--scheduler must be linear, cosine or constant, not {self.scheduler!r}")
+            raise InputError(f"scheduler must be linear, cosine or constant, not {self.scheduler!r}")
         if self.epochs < 1 or self.batch_size < 1:
-            raise InputError("--epochs and --batch-size must be >= 1")
+            raise InputError("epochs and batch_size must be >= 1")
         if not 0 < self.lr < 1:
-            raise InputError(f"--lr must be in (0, 1), not {self.lr}")
+            raise InputError(f"lr must be in (0, 1), not {self.lr}")
         if not 0 <= self.warmup < 1:
-            raise InputError(f"--warmup is a fraction of the steps in [0, 1), not {self.warmup}")
+            raise InputError(f"warmup is a fraction of the steps in [0, 1), not {self.warmup}")
         if self.loss not in LOSSES:
-            raise InputError(f"--loss must be one of {', '.join(LOSSES)}, not {self.loss!r}")
+            raise InputError(f"loss must be one of {', '.join(LOSSES)}, not {self.loss!r}")
         if self.per_label < 2:
-            raise InputError(f"--per-label must be >= 2 (a positive per anchor), not {self.per_label}")
+            raise InputError(f"per_label must be >= 2 (a positive per anchor), not {self.per_label}")
         if self.loss == "mnrl" and self.strategy == "contrastive" and self.per_label != 2:
-            raise InputError("--loss mnrl pairs an anchor with one positive: --per-label must be 2")
+            raise InputError("loss mnrl pairs an anchor with one positive: per_label must be 2")
         if self.strategy == "contrastive" and self.batch_size < 2 * self.per_label:
-            raise InputError(f"--batch-size must hold at least two labels ({2 * self.per_label} examples)")
+            raise InputError(f"batch_size must hold at least two labels ({2 * self.per_label} examples)")
         if not 0 <= self.hard_negatives <= 1:
-            raise InputError(f"--hard-negatives is a fraction in [0, 1], not {self.hard_negatives}")
+            raise InputError(f"hard_negatives is a fraction in [0, 1], not {self.hard_negatives}")

@@ -39,10 +39,10 @@ def parse_shard(text: str) -> ShardSpec:
     """'I/N' with 0 <= I < N (I as JOB_COMPLETION_INDEX)."""
     m = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", text or "")
     if not m:
-        raise InputError(f"--shard must look like I/N (e.g. 0/4), not {text!r}")
+        raise InputError(f"a shard must look like I/N (e.g. 0/4), not {text!r}")
     i, n = int(m.group(1)), int(m.group(2))
     if n < 1 or not 0 <= i < n:
-        raise InputError(f"--shard {text}: need 0 <= I < N")
+        raise InputError(f"shard {text}: need 0 <= I < N")
     return ShardSpec(i, n)
 
 

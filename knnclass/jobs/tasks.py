@@ -49,7 +49,7 @@ def load_tasks(
 ) -> TaskSet:
     """Read one task per label column, plus one per label map (applied to the first column)."""
     if not label_cols:
-        raise InputError("at least one --label-col is needed")
+        raise InputError("at least one label column is needed")
     by_col = {c: read_examples(path, text_col, c) for c in label_cols}
     first = by_col[label_cols[0]]
     texts = [e.text for e in first]
@@ -69,7 +69,7 @@ def load_tasks(
 def split_validation(data: TaskSet, fraction: float, seed: int) -> tuple[TaskSet, TaskSet]:
     """Stratified (by the primary label) deterministic train/validation split."""
     if not 0 < fraction < 1:
-        raise InputError(f"--val-fraction must be in (0, 1), not {fraction}")
+        raise InputError(f"the validation fraction must be in (0, 1), not {fraction}")
     rng = random.Random(seed)
     groups: dict[str, list[int]] = {}
     for i, lab in enumerate(data.labels[data.tasks[0]]):
@@ -83,5 +83,5 @@ def split_validation(data: TaskSet, fraction: float, seed: int) -> tuple[TaskSet
     chosen = set(val)
     train = [i for i in range(len(data.texts)) if i not in chosen]
     if not val or not train:
-        raise InputError("too few examples to carve a validation set; pass --validation")
+        raise InputError("too few examples to carve a validation set; give a validation file")
     return data.subset(train), data.subset(sorted(val))

@@ -106,7 +106,7 @@ def train_encoder(
         layers = auto.encoder.layer
         frozen = len(layers) - 1 if s.freeze_layers is None else s.freeze_layers
         if not 0 <= frozen < len(layers):
-            raise InputError(f"--freeze-layers must be in [0, {len(layers) - 1}], not {frozen}")
+            raise InputError(f"freeze_layers must be in [0, {len(layers) - 1}], not {frozen}")
         for p in auto.embeddings.parameters():
             p.requires_grad = False
         for layer in layers[:frozen]:

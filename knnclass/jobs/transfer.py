@@ -45,15 +45,15 @@ def make_classifier(spec: str, params: dict[str, Any], seed: int) -> Any:
         return KNeighborsClassifier(**{"n_neighbors": 5, "metric": "cosine", "weights": "distance", **params})
     mod_name, _, cls_name = spec.replace(":", ".").rpartition(".")
     if not mod_name:
-        raise InputError(f"--classifier must be {', '.join(CLASSIFIERS)} or an import path, not {spec!r}")
+        raise InputError(f"classifier must be {', '.join(CLASSIFIERS)} or an import path, not {spec!r}")
     try:
         cls = getattr(importlib.import_module(mod_name), cls_name)
     except (ImportError, AttributeError) as e:
-        raise InputError(f"--classifier {spec!r}: cannot import ({e})") from None
+        raise InputError(f"classifier {spec!r}: cannot import ({e})") from None
     try:
         return cls(**params)
     except TypeError as e:
-        raise InputError(f"--classifier {spec!r}: bad parameters ({e})") from None
+        raise InputError(f"classifier {spec!r}: bad parameters ({e})") from None
 
 
 def run_frozen(

@@ -147,7 +147,7 @@ def test_restore_refuses_an_existing_collection_unless_replace(base: Path, tmp_p
     c = Classifier(src, "tickets", encoder=ENC)
     snapshot(src, "tickets", tmp_path / "t.zip")
     c.relabel("pin-1", "card")  # the store moves on after the snapshot
-    with pytest.raises(CollectionExistsError, match="--replace"):
+    with pytest.raises(CollectionExistsError, match="already exists in the target; replace it"):
         restore(src, tmp_path / "t.zip")
     assert c.get("pin-1").label == "card"
     other = restore(src, tmp_path / "t.zip", name="tickets-restored")
@@ -366,7 +366,7 @@ def test_cli_snapshot_restore_copy_export(base: Path, tmp_path: Path) -> None:
     out = ok("restore", str(tmp_path / "t.zip"), "--store", str(tmp_path / "b"), "--json")
     assert json.loads(out)["counts"] == {"v1": 80, "v2": 80}
     r = run.invoke(cli, ["restore", str(tmp_path / "t.zip"), "--store", str(tmp_path / "b")])
-    assert r.exit_code == 5 and "--replace" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert r.exit_code == 5 and "replace it" in r.stderr and len(r.stderr.strip().splitlines()) == 1
     assert "160 points written" in ok("copy", "--to-store", str(tmp_path / "c"), "--store", str(a))
     assert "0 points written, 160 already there" in ok("copy", "--to-store", str(tmp_path / "c"), "--store", str(a))
     r = run.invoke(cli, ["copy", "--store", str(a)])

@@ -52,9 +52,9 @@ def test_hard_labels_come_from_the_confusions() -> None:
 def test_sampler_and_settings_refuse_what_cannot_train() -> None:
     with pytest.raises(InputError, match="two labels"):
         LabelGroupBatchSampler([0, 0, 0, 1], batch_size=4, per_label=2, hard=0.5, seed=0)
-    with pytest.raises(InputError, match="per-label must be 2"):
+    with pytest.raises(InputError, match="per_label must be 2"):
         FinetuneSettings(strategy="contrastive", loss="mnrl", per_label=4)
-    with pytest.raises(InputError, match="--loss"):
+    with pytest.raises(InputError, match="loss must be one of"):
         FinetuneSettings(strategy="contrastive", loss="arcface")
 
 

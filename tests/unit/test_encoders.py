@@ -72,7 +72,7 @@ def test_cuda_refuses_an_encoder_without_its_fp16_graph(tmp_path: Path, monkeypa
     import onnxruntime as ort
 
     monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
-    with pytest.raises(EncoderError, match="export --cuda"):
+    with pytest.raises(EncoderError, match="re-export it with its fp16 CUDA graph"):
         OnnxEncoder(_meta_only_dir(tmp_path / "enc"), device="cuda")
 
 

@@ -22,6 +22,7 @@ from .._cpu import usable_cpus
 from ..classifier import Classifier, ClassifyRequest
 from ..data import Example, example_id
 from ..errors import InputError, KnnclassError
+from ..store.base import Where
 from ..store.remote import ADMIN_HEADER, STORE_ROUTE
 from ..voting import Rule
 from .engine import Engine
@@ -374,7 +375,8 @@ def create_app(classifier: Classifier, settings: ServiceSettings | None = None) 
     async def classify(body: ClassifyBody) -> dict[str, Any]:
         rule = Rule(**body.rule.model_dump()) if body.rule else None
         fields = [body.fields] if body.fields is not None else []
-        res = await engine.classify(ClassifyRequest(body.all_texts(), rule, body.k, body.truncate, fields))
+        where = Where.from_filter(body.filter) if body.filter else None
+        res = await engine.classify(ClassifyRequest(body.all_texts(), rule, body.k, body.truncate, fields, where))
         return {
             "predictions": [p.to_dict(body.include_neighbours) for p in res.predictions],
             "collection": res.ref.name,
@@ -398,14 +400,18 @@ def create_app(classifier: Classifier, settings: ServiceSettings | None = None) 
         return {"id": example_id, "history": changes}
 
     @app.get("/v1/examples/{example_id:path}", tags=["examples"], dependencies=[Depends(require_read)])
-    async def get_example(example_id: str) -> dict[str, str]:
+    async def get_example(example_id: str) -> dict[str, Any]:
         e = await engine.read(classifier.get, example_id)
-        return {"id": e.id, "text": e.text, "label": e.label}
+        return _example_out(e)
 
     @app.patch("/v1/examples/{example_id:path}", tags=["examples"], dependencies=[Depends(require_write)])
-    async def relabel(example_id: str, body: RelabelRequest) -> dict[str, str]:
-        e = await engine.write(classifier.relabel, example_id, body.label, None, who)
-        return {"id": e.id, "text": e.text, "label": e.label}
+    async def relabel(example_id: str, body: RelabelRequest) -> dict[str, Any]:
+        """{"label": ...} relabels the primary label set; {"labels": {set: label, ...}} the sets named."""
+        if body.label is not None:
+            e = await engine.write(classifier.relabel, example_id, body.label, None, who)
+        for name, label in (body.labels or {}).items():
+            e = await engine.write(classifier.relabel, example_id, label, None, who, name)
+        return _example_out(e)
 
     @app.delete("/v1/examples/{example_id:path}", tags=["examples"], dependencies=[Depends(require_write)])
     async def delete(example_id: str) -> dict[str, Any]:
@@ -450,6 +456,16 @@ def create_app(classifier: Classifier, settings: ServiceSettings | None = None) 
         return d
 
     return app
+
+
+def _example_out(e: Example) -> dict[str, Any]:
+    """An example as the API shows it: its extra label sets and metadata only where it has them."""
+    out: dict[str, Any] = {"id": e.id, "text": e.text, "label": e.label}
+    if e.labels:
+        out["labels"] = e.labels
+    if e.meta:
+        out["meta"] = e.meta
+    return out
 
 
 def _warm(clf: Classifier) -> None:

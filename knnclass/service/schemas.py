@@ -23,6 +23,10 @@ __all__ = [
 MAX_TEXTS = 256
 MAX_ID = 256
 
+FilterValue = StrictStr | StrictInt | StrictFloat
+# {"product": "cards", "created_at": {"gte": "2026-03-01"}}: equality, or ranges (gt, gte, lt, lte; eq)
+Filter = dict[StrictStr, FilterValue | dict[Literal["eq", "gt", "gte", "lt", "lte"], FilterValue]]
+
 
 def _encodable(value: str, what: str) -> str:
     """JSON can carry lone UTF-16 surrogates that no encoder can take: refuse them here."""
@@ -51,6 +55,7 @@ class ClassifyBody(_Strict):
     rule: RuleIn | None = None
     include_neighbours: StrictBool = True
     truncate: StrictBool = True  # past the token limit: the collection's long-text strategy; false: 422
+    filter: Filter | None = Field(None, max_length=32)  # only neighbours whose metadata match vote
 
     @model_validator(mode="after")
     def _one_of(self) -> ClassifyBody:
@@ -93,6 +98,7 @@ class PredictionOut(BaseModel):
     source: str = "knn"
     shortened: bool = False
     neighbours: list[NeighbourOut] | None = None
+    labels: dict[str, PredictionOut] | None = None  # every label set's answer (collections with several)
 
 
 class ClassifyResponse(BaseModel):
@@ -125,11 +131,21 @@ class ExamplesRequest(_Strict):
 
 
 class RelabelRequest(_Strict):
-    label: StrictStr = Field(min_length=1, max_length=MAX_ID)
+    """{"label": ...} for the primary label set, or {"labels": {"priority": "urgent", ...}} per set."""
+
+    label: StrictStr | None = Field(None, min_length=1, max_length=MAX_ID)
+    labels: dict[StrictStr, StrictStr] | None = Field(None, min_length=1, max_length=16)
 
     @model_validator(mode="after")
     def _valid(self) -> RelabelRequest:
-        _encodable(self.label, "label")
+        if (self.label is None) == (self.labels is None):
+            raise ValueError("give exactly one of 'label' or 'labels'")
+        if self.label is not None:
+            _encodable(self.label, "label")
+        for value in (self.labels or {}).values():
+            _encodable(value, "label")
+            if is_blank(value) or len(value) > MAX_ID:
+                raise ValueError(f"labels must be 1-{MAX_ID} characters")
         return self
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import logging
 import time
@@ -26,6 +27,7 @@ from ..store.base import Where
 from ..store.remote import ADMIN_HEADER, STORE_ROUTE
 from ..voting import Rule
 from .engine import Engine
+from .indexer import IndexBuilder
 from .schemas import ClassifyBody, ClassifyResponse, ErrorBody, ExamplesRequest, RelabelRequest, SnapshotRequest
 from .store_route import StoreRoute
 
@@ -53,6 +55,7 @@ class ServiceSettings:
     # (written to the store's .service.json by `knnclass serve`); None: the store route is off.
     admin_token: str | None = None
     max_admin_body_bytes: int = 1 << 28
+    index_check_s: float = 30.0  # how often live adds are checked for an index build (out of process)
 
     def __post_init__(self) -> None:
         if self.read_key is not None and self.api_key is None:
@@ -255,7 +258,8 @@ def create_app(classifier: Classifier, settings: ServiceSettings | None = None) 
     metrics = _Metrics()
     engine = Engine(classifier, max_batch=s.max_batch, wait_s=s.batch_wait_ms / 1000)
     engine.observe = metrics.engine
-    store_route = StoreRoute(classifier.store, s.admin_token, engine.write) if s.admin_token else None
+    indexer = IndexBuilder(classifier.store, engine.write)
+    store_route = StoreRoute(classifier.store, s.admin_token, engine.write, indexer) if s.admin_token else None
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -264,7 +268,12 @@ def create_app(classifier: Classifier, settings: ServiceSettings | None = None) 
             await engine.read(_warm, classifier)
         except KnnclassError as e:
             log.warning("not ready yet: %s", e)
+        keeper = asyncio.create_task(indexer.keep_up(s.index_check_s)) if indexer.out_of_process else None
         yield
+        if keeper is not None:
+            keeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await keeper
         await engine.stop()
         if store_route is not None:
             store_route.shutdown()
@@ -279,6 +288,7 @@ def create_app(classifier: Classifier, settings: ServiceSettings | None = None) 
         responses={422: {"model": ErrorBody}, 429: {"model": ErrorBody}, 413: {"model": ErrorBody}},
     )
     app.state.engine = engine
+    app.state.indexer = indexer
     app.state.metrics = metrics
     app.router.redirect_slashes = False  # "/v1/classify/" is a JSON 404, not a bodiless redirect
     app.add_middleware(_Guard, settings=s, metrics=metrics)

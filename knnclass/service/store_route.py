@@ -23,6 +23,7 @@ from ..errors import InputError
 from ..store import Store
 from ..store._wire import decode, encode
 from ..store.base import Hit
+from .indexer import IndexBuilder
 
 __all__ = ["StoreRoute"]
 
@@ -43,9 +44,10 @@ _WRITES = {
 class StoreRoute:
     """Executes wire-encoded Store calls against `store`; `token` authorises them."""
 
-    def __init__(self, store: Store, token: str, write: Callable[..., Any]):
+    def __init__(self, store: Store, token: str, write: Callable[..., Any], indexer: IndexBuilder):
         self.store = store
         self.token = token
+        self.indexer = indexer
         self._write = write  # the engine's writer: `await write(fn, *args)`
         self._reads = ThreadPoolExecutor(1, thread_name_prefix="knnclass-admin-read")
         self._cursors: dict[str, tuple[Iterator[Any], float]] = {}
@@ -60,6 +62,8 @@ class StoreRoute:
         kwargs = decode(body.get("kwargs", {}))
         if not isinstance(args, list) or not isinstance(kwargs, dict):
             raise InputError("malformed store call")
+        if op == "optimize":  # out of process: the build must not hold this process's GIL
+            return encode(await self.indexer.build(args[0]) and None)
         if op in _WRITES:
             result = await self._write(self._run, op, args, kwargs)
         elif op in _READS:

@@ -70,6 +70,28 @@ def _index_schema(kind: str) -> Any:
     )
 
 
+def _tree_bytes(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _recover_index_build(path: Path) -> None:
+    """Undo what a crash during an index build left: the shard is always whole at `path`."""
+    old, build = path.with_name("shard.old"), path.with_name("shard.build")
+    if not (path / "edge_config.json").exists() and (old / "edge_config.json").exists():
+        shutil.rmtree(path, ignore_errors=True)
+        os.replace(old, path)
+    shutil.rmtree(old, ignore_errors=True)
+    shutil.rmtree(build, ignore_errors=True)
+
+
 class EdgeStore(Store):
     """Qdrant Edge, in-process. One process per store directory (enforced by a lock)."""
 
@@ -113,6 +135,8 @@ class EdgeStore(Store):
             raise
         self._shards: dict[Ref, Any] = {}
         self._mu = threading.RLock()
+        self._journals: dict[Ref, set[str]] = {}  # point ids written while an index build runs elsewhere
+        self.written: dict[Ref, int] = {}  # points upserted per version since it was opened or last indexed
 
     def check_space(self, need: int = 0) -> None:
         """Raise a clear StoreError when the disk under the store is (nearly) full."""
@@ -237,6 +261,7 @@ class EdgeStore(Store):
             from qdrant_edge import EdgeShard
 
             path = self._vdir(ref) / "shard"
+            _recover_index_build(path)
             if not (path / "edge_config.json").exists():
                 raise StoreCorruptError(f"{path}: shard files are missing; the store is damaged")
             try:
@@ -268,12 +293,31 @@ class EdgeStore(Store):
             raise
         except Exception as e:
             raise StoreError(f"upsert into {ref.name} {ref.version} failed: {e}") from None
+        self._journal(ref, [str(p.id) for p in points])
+        self.written[ref] = self.written.get(ref, 0) + len(points)
 
     def delete(self, ref: Ref, ids: Sequence[str]) -> None:
         from qdrant_edge import UpdateOperation
 
         if ids:
-            self._shard(ref).update(UpdateOperation.delete_points([point_uuid(i) for i in ids]))
+            uuids = [point_uuid(i) for i in ids]
+            self._shard(ref).update(UpdateOperation.delete_points(uuids))
+            self._journal(ref, uuids)
+
+    def _on_shard(self, ref: Ref, fn: Any) -> Any:
+        """`fn(shard)`; once more on the new shard if an index build swapped it in meanwhile."""
+        shard = self._shard(ref)
+        try:
+            return fn(shard)
+        except Exception:
+            if self._shards.get(ref) is shard:
+                raise
+            return fn(self._shard(ref))
+
+    def _journal(self, ref: Ref, uuids: Sequence[str]) -> None:
+        journal = self._journals.get(ref)
+        if journal is not None:
+            journal.update(uuids)
 
     def retrieve(
         self, ref: Ref, ids: Sequence[str], with_vectors: bool = False
@@ -316,8 +360,9 @@ class EdgeStore(Store):
             )
             for v in vectors
         ]
-        shard = self._shard(ref)
-        results = shard.query_batch(QueryBatchRequest(reqs)) if len(reqs) > 1 else [shard.query(reqs[0])]
+        results = self._on_shard(
+            ref, lambda shard: shard.query_batch(QueryBatchRequest(reqs)) if len(reqs) > 1 else [shard.query(reqs[0])]
+        )
         return [
             [
                 Hit(
@@ -370,6 +415,69 @@ class EdgeStore(Store):
                 f"building the index of {ref.name} {ref.version} failed: {e}; the examples are stored, "
                 "and the next run of `knnclass index` (or any search) works without the index"
             ) from None
+
+    # --- index builds in another process (a served store) -------------------------------------
+    # Qdrant Edge holds the GIL while it builds HNSW (a minute for 20k points on 2 cores), so a
+    # service must not call optimize itself: it copies the shard, a child process builds the
+    # copy's index, and the copy replaces the shard after the writes made meanwhile are replayed.
+    def begin_index_build(self, ref: Ref) -> Path:
+        """A copy of `ref`'s shard to build the index of elsewhere; writes to `ref` from now on are
+        journaled. Call with writes paused (the copy must not see a half-applied write)."""
+        with self._mu:
+            shard = self._shard(ref)
+            shard.flush()
+            vdir = self._vdir(ref)
+            build = vdir / "shard.build"
+            shutil.rmtree(build, ignore_errors=True)
+            self.check_space(need=_tree_bytes(vdir / "shard"))
+            try:
+                shutil.copytree(vdir / "shard", build)
+            except OSError as e:
+                shutil.rmtree(build, ignore_errors=True)
+                raise StoreError(f"cannot copy the shard of {ref.name} {ref.version}: {e}") from None
+            self._journals[ref] = set()
+            self.written[ref] = 0
+            return build
+
+    def abort_index_build(self, ref: Ref, build: Path) -> None:
+        self._journals.pop(ref, None)
+        shutil.rmtree(build, ignore_errors=True)
+
+    def finish_index_build(self, ref: Ref, build: Path) -> int:
+        """Replay the journaled writes onto the built copy, then swap it in for `ref`'s shard.
+
+        Call with writes paused. Searches go on meanwhile; they wait only for the swap itself.
+        Returns how many journaled points were replayed.
+        """
+        from qdrant_edge import EdgeShard, Point, UpdateOperation
+
+        uuids = sorted(self._journals.pop(ref, set()))
+        old = self._shard(ref)
+        new = EdgeShard.load(str(build))
+        try:
+            for i in range(0, len(uuids), 64):  # bounded slices: the GIL is held per call
+                part = uuids[i : i + 64]
+                recs = old.retrieve(part, with_payload=True, with_vector=True)
+                if recs:
+                    ups = [Point(id=r.id, vector=r.vector, payload=r.payload) for r in recs]
+                    new.update(UpdateOperation.upsert_points(ups))
+                found = {str(r.id) for r in recs}
+                gone = [u for u in part if u not in found]
+                if gone:
+                    new.update(UpdateOperation.delete_points(gone))
+            new.flush()
+        finally:
+            new.close()
+        path = self._vdir(ref) / "shard"
+        with self._mu:
+            self._shards.pop(ref, None)
+            old.close()
+            os.replace(path, path.with_name("shard.old"))
+            os.replace(build, path)  # a crash between the two renames: _recover_index_build undoes the first
+            _fsync_dir(path.parent)
+            shutil.rmtree(path.with_name("shard.old"), ignore_errors=True)
+            self._shard(ref)
+        return len(uuids)
 
     # --- history ---------------------------------------------------------------------------------
     def _history_path(self, name: str, log: str) -> Path:

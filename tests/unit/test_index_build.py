@@ -1,0 +1,94 @@
+"""Out-of-process index builds of a served embedded store: nothing written meanwhile is lost."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from knnclass.data import Example
+from knnclass.encoders import FakeEncoder
+from knnclass.store import CollectionMeta
+from knnclass.store.edge import EdgeStore, _recover_index_build
+
+ENC = FakeEncoder(topics=["card", "pin", "refund"])
+
+
+def _ex(i: int, label: str = "card") -> Example:
+    return Example(f"e{i}", f"{label} ticket number {i}", label)
+
+
+def _upsert(st: EdgeStore, ref: object, examples: list[Example]) -> None:
+    st.upsert(ref, examples, ENC.embed([e.text for e in examples]))  # type: ignore[arg-type]
+
+
+def _all(st: EdgeStore, ref: object) -> dict[str, Example]:
+    return {e.id: e for batch, _ in st.scroll(ref, 100) for e in batch}  # type: ignore[arg-type]
+
+
+def test_build_replays_writes_made_during_it_and_swaps(tmp_path: Path) -> None:
+    st = EdgeStore(tmp_path / "s")
+    ref = st.create("t", CollectionMeta(ENC.identity, "fake", ENC.dim))
+    _upsert(st, ref, [_ex(i) for i in range(300)])
+    build = st.begin_index_build(ref)
+    assert st.written[ref] == 0
+    # writes while the child builds: adds, a relabel, a delete
+    _upsert(st, ref, [_ex(i, "pin") for i in range(300, 340)])
+    _upsert(st, ref, [Example("e5", "card ticket number 5", "refund")])
+    st.delete(ref, ["e7"])
+    r = subprocess.run([sys.executable, "-m", "knnclass.store._build", str(build)], capture_output=True)
+    assert r.returncode == 0, r.stderr
+    before = _all(st, ref)
+    assert st.finish_index_build(ref, build) == 42
+    after = _all(st, ref)
+    assert after == before and len(after) == 339 and after["e5"].label == "refund" and "e7" not in after
+    assert not build.exists() and not build.with_name("shard.old").exists()
+    hits = st.search(ref, ENC.embed(["pin ticket number 301"]), 3)[0]
+    assert hits[0].id == "e301"
+    st.close()
+    st = EdgeStore(tmp_path / "s")  # durable across a reopen
+    assert _all(st, ref) == before
+    st.close()
+
+
+def test_failed_build_leaves_the_shard_as_it_was(tmp_path: Path) -> None:
+    from knnclass.errors import StoreError
+    from knnclass.service.indexer import IndexBuilder
+
+    st = EdgeStore(tmp_path / "s")
+    ref = st.create("t", CollectionMeta(ENC.identity, "fake", ENC.dim))
+    _upsert(st, ref, [_ex(i) for i in range(50)])
+
+    async def write(fn: object, *args: object) -> object:
+        return fn(*args)  # type: ignore[operator]
+
+    b = IndexBuilder(st, write)
+    assert asyncio.run(b.build(ref))["replayed"] == 0 and b.builds == 1
+    original = st.begin_index_build
+    st.begin_index_build = lambda r: (original(r), tmp_path / "nowhere")[1]  # type: ignore[method-assign]
+    try:
+        asyncio.run(b.build(ref))
+        raise AssertionError("the build should fail")
+    except StoreError as e:
+        assert "failed" in str(e)
+    st.begin_index_build = original  # type: ignore[method-assign]
+    assert len(_all(st, ref)) == 50 and st.search(ref, ENC.embed(["card ticket number 3"]), 1)[0][0].id == "e3"
+    st.close()
+
+
+def test_recovery_after_a_crash_between_the_renames(tmp_path: Path) -> None:
+    st = EdgeStore(tmp_path / "s")
+    ref = st.create("t", CollectionMeta(ENC.identity, "fake", ENC.dim))
+    _upsert(st, ref, [_ex(i) for i in range(20)])
+    st.close()
+    shard = tmp_path / "s" / "collections" / "t" / "v1" / "shard"
+    shard.rename(shard.with_name("shard.old"))  # the first rename happened, the second did not
+    (shard.with_name("shard.build")).mkdir()
+    _recover_index_build(shard)
+    assert (shard / "edge_config.json").exists() and not shard.with_name("shard.build").exists()
+    st = EdgeStore(tmp_path / "s")
+    assert len(_all(st, ref)) == 20 and np.isfinite(st.search(ref, ENC.embed(["card"]), 1)[0][0].score)
+    st.close()

@@ -319,6 +319,11 @@ class Classifier:
         """Change several examples' labels (vectors kept) as one change set in the history; all ids checked first.
 
         `label_set` names the set to change (default: the primary one)."""
+        from .labelsets import SetView
+
+        if isinstance(self.store, SetView):  # the history records whole examples, so relabel on the base
+            base = Classifier(self.store.base, self.collection, self._encoder, self._loader)
+            return base.relabel_many(pairs, ref, who, label_set or self.store.name)
         ref = ref or self.ref()
         names = self.meta(ref).set_names()
         if label_set is not None and label_set not in names:

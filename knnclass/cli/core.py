@@ -16,6 +16,7 @@ from ..cleaning import CLEAN_MODES
 from ..data import ReadStats, TextSource, is_blank, is_utf8, read_examples, read_table, read_texts, write_table
 from ..encoders.base import LONG_TEXT_STRATEGIES
 from ..errors import InputError
+from ..store.base import CollectionMeta
 from ..text import TextSettings
 from ..tuning import Objective
 from ..voting import Rule
@@ -23,13 +24,18 @@ from ._common import (
     INPUT_FILE,
     emit_json,
     encoder_option,
-    label_col_option,
-    label_map_option,
-    load_label_map,
     open_classifier,
     store_options,
     text_source,
     text_source_options,
+)
+from ._labels import (
+    label_cols_option,
+    label_maps_option,
+    meta_col_option,
+    parse_label_maps,
+    parse_where,
+    where_option,
 )
 
 
@@ -48,9 +54,10 @@ def _with_unknown(mapping: dict[str, str] | None, unknown_label: str | None) -> 
 @click.command()
 @click.argument("tickets", type=INPUT_FILE)
 @text_source_options
-@label_col_option
+@label_cols_option
 @click.option("--id-col", default=None, help="Column holding a stable id (default: a hash of the text).")
-@label_map_option
+@label_maps_option
+@meta_col_option
 @encoder_option
 @click.option("--batch-size", default=256, show_default=True, type=click.IntRange(1, 4096))
 @click.option(
@@ -94,9 +101,10 @@ def index(
     text_cols: tuple[str, ...],
     text_template: str | None,
     delimiter: str | None,
-    label_col: str,
+    label_cols: tuple[str, ...],
     id_col: str | None,
-    label_map: Path | None,
+    label_maps: tuple[str, ...],
+    meta_cols: tuple[str, ...],
     encoder_dir: Path | None,
     batch_size: int,
     shard: str | None,
@@ -118,9 +126,14 @@ def index(
     from ..jobs.shard import Checkpoint, parse_shard, select_shard
 
     spec = parse_shard(shard or "0/1")
-    settings = _text_settings(_peek_stamp(so), clean, long_text, text_cols, text_template)
+    stamp = _peek_meta(so)
+    settings = _text_settings(_stamped_text(stamp), clean, long_text, text_cols, text_template)
+    names = _label_cols(label_cols, stamp)
+    maps = parse_label_maps(label_maps, names)
     stats = ReadStats()  # the whole file is checked before the store is opened for writing
-    rows = read_examples(tickets, settings.source(), label_col, id_col, load_label_map(label_map), stats, delimiter)
+    rows = read_examples(
+        tickets, settings.source(), names, id_col, None, stats, delimiter, meta_cols=meta_cols, label_maps=maps
+    )
     examples = select_shard(rows, spec)
     clf = open_classifier(encoder_dir=encoder_dir, create=True, **so)
     default_dir = Path("knnclass-checkpoints") if so.get("qdrant_url") else so["store"] / "checkpoints"
@@ -147,9 +160,18 @@ def index(
                 on_batch=(lambda k: ckpt.record(k, total)) if shard else None,
                 create=create,
                 text=settings,
+                label_sets=names,
             )
         count = clf.store.count(ref)
+        schema = clf.meta(ref).payload_schema or {}
     click.echo(f"read {tickets.name}: {stats.describe()}")
+    if len(names) > 1:
+        have = {n: sum(n in e.labels for e in examples) for n in names[1:]}
+        click.echo(
+            "label sets: " + ", ".join([f"{names[0]} (primary)", *(f"{n} ({c} labelled)" for n, c in have.items())])
+        )
+    if schema:
+        click.echo("metadata: " + ", ".join(f"{k} ({v})" for k, v in schema.items()))
     if shard:
         click.echo(f"shard {spec}: {len(examples)} examples ({skip} batches resumed from checkpoint)")
     click.echo(f"indexed {len(examples)} examples into {ref.name} ({ref.version}); collection holds {count}")
@@ -157,11 +179,31 @@ def index(
 
 def _peek_stamp(so: dict[str, Any]) -> TextSettings | None:
     """The existing collection's text settings, read without creating anything."""
+    return _stamped_text(_peek_meta(so))
+
+
+def _peek_meta(so: dict[str, Any]) -> CollectionMeta | None:
+    """The existing collection's current meta, read without creating anything."""
     if not (so.get("qdrant_url") or Path(so["store"]).exists()):
         return None
     clf = open_classifier(create=False, **so)
     with clf.store:
-        return _stamped(clf)
+        return clf.meta() if clf.exists() else None
+
+
+def _stamped_text(meta: CollectionMeta | None) -> TextSettings | None:
+    return TextSettings.from_meta(meta.text) if meta else None
+
+
+def _stamped_source(meta: CollectionMeta | None) -> TextSource | None:
+    return TextSettings.from_meta(meta.text).source() if meta else None
+
+
+def _label_cols(given: tuple[str, ...], meta: CollectionMeta | None) -> list[str]:
+    """The label columns to read: as given, else the collection's label sets, else 'category'."""
+    if given:
+        return list(given)
+    return list(meta.label_sets) if meta is not None and meta.label_sets else ["category"]
 
 
 def _text_settings(
@@ -194,9 +236,10 @@ def _source_for(so: dict[str, Any], text_cols: tuple[str, ...], template: str | 
 @click.option("--validation", type=INPUT_FILE, default=None, help="Labelled CSV to tune on (default: leave-one-out).")
 @click.option("--unknown-label", default=None, help="Validation label meaning 'out of scope': must be abstained on.")
 @text_source_options
-@label_col_option
-@label_map_option
+@label_cols_option
+@label_maps_option
 @click.option("--id-col", default=None, help="Column holding each row's id (validation rows sharing one collapse).")
+@where_option
 @click.option(
     "--target-accuracy",
     type=click.FloatRange(0, 1, min_open=True),
@@ -237,9 +280,10 @@ def tune(
     text_cols: tuple[str, ...],
     text_template: str | None,
     delimiter: str | None,
-    label_col: str,
-    label_map: Path | None,
+    label_cols: tuple[str, ...],
+    label_maps: tuple[str, ...],
     id_col: str | None,
+    where: tuple[str, ...],
     target_accuracy: float | None,
     target_unknown_recall: float | None,
     unknown_weight: float,
@@ -255,22 +299,29 @@ def tune(
     """
     if validation is None:
         ctx = click.get_current_context()
-        names = ("text_cols", "text_template", "delimiter", "label_col", "label_map")
-        given = [f"--{n.replace('_', '-').replace('cols', 'col')}" for n in names if _given(ctx, n)]
+        names = ("text_cols", "text_template", "delimiter", "label_cols", "label_maps")
+        given = [f"--{n.replace('_', '-').rstrip('s')}" for n in names if _given(ctx, n)]
         if given:
             raise InputError(
                 f"{', '.join(given)} describe the --validation file; without one, tune uses the stored labels"
             )
-    mapping = _with_unknown(load_label_map(label_map), unknown_label)
-    src = _source_for(so, text_cols, text_template) if validation else None
-    val = (
-        read_examples(validation, src, label_col, id_col, mapping, delimiter=delimiter) if validation and src else None
-    )
+    val = None
+    if validation:
+        stamp = _peek_meta(so)
+        cols = _label_cols(label_cols, stamp)
+        maps = parse_label_maps(label_maps, cols)
+        maps[cols[0]] = _with_unknown(maps.get(cols[0]), unknown_label) or {}
+        if not maps[cols[0]]:
+            del maps[cols[0]]
+        src = text_source(text_cols, text_template, _stamped_source(stamp))
+        val = read_examples(validation, src, cols, id_col, None, delimiter=delimiter, label_maps=maps)
     clf = open_classifier(create=False, **so)
     objective = Objective(target_accuracy, target_unknown_recall, unknown_weight, unknown_rate)
     with clf.store:
         long_scores = clf.set_long_text(val, long_text) if long_text else {}
-        result = clf.tune(val, unknown_label, objective)
+        results = clf.tune_all(val, unknown_label, objective, parse_where(where))
+    primary, *extra = results
+    result = results[primary]
     if long_scores and not as_json:
         best = max(long_scores, key=lambda k: long_scores[k])
         click.echo("long texts: " + ", ".join(f"{k} {v:.4f}" for k, v in long_scores.items()) + f" -> {best}")
@@ -282,6 +333,7 @@ def tune(
                 "long_text": long_scores,
                 "tradeoff": result.tradeoff,
                 "candidates": [c.to_dict() for c in ranked],
+                "label_sets": {name: r.summary() for name, r in results.items()},
             }
         )
         return
@@ -305,15 +357,19 @@ def tune(
         if not result.point.get("target_met", True):
             click.echo("warning: the target is not reachable on this validation data; closest point chosen", err=True)
     click.echo(f"chosen: {result.best.rule.describe()} (accuracy of guesses {result.best.score:.4f})")
+    for name in extra:
+        r = results[name]
+        click.echo(f"label set {name}: {r.best.rule.describe()} (accuracy of guesses {r.best.score:.4f}, n={r.n})")
 
 
 @click.command()
 @click.argument("test", type=INPUT_FILE)
 @click.option("--unknown-label", default=None, help="Test label meaning 'out of scope'.")
 @text_source_options
-@label_col_option
-@label_map_option
+@label_cols_option
+@label_maps_option
 @click.option("--id-col", default=None, help="Column holding each row's id (rows sharing one collapse).")
+@where_option
 @click.option("--json", "as_json", is_flag=True, help="Print the metrics as one JSON object.")
 @store_options
 def evaluate(
@@ -322,20 +378,23 @@ def evaluate(
     text_cols: tuple[str, ...],
     text_template: str | None,
     delimiter: str | None,
-    label_col: str,
-    label_map: Path | None,
+    label_cols: tuple[str, ...],
+    label_maps: tuple[str, ...],
     id_col: str | None,
+    where: tuple[str, ...],
     as_json: bool,
     **so: Any,
 ) -> None:
-    """Score the tuned rule on a labelled TEST file."""
-    mapping = _with_unknown(load_label_map(label_map), unknown_label)
-    examples = read_examples(
-        test, _source_for(so, text_cols, text_template), label_col, id_col, mapping, delimiter=delimiter
-    )
+    """Score the tuned rules on a labelled TEST file (every label set it has a column for)."""
+    stamp = _peek_meta(so)
+    names = _label_cols(label_cols, stamp)
+    maps = parse_label_maps(label_maps, names)
+    primary_map = _with_unknown(maps.pop(names[0], None), unknown_label)
+    src = text_source(text_cols, text_template, _stamped_source(stamp))
+    examples = read_examples(test, src, names, id_col, primary_map, delimiter=delimiter, label_maps=maps)
     clf = open_classifier(create=False, **so)
     with clf.store:
-        m = clf.evaluate(examples, unknown_label)
+        m = clf.evaluate(examples, unknown_label, parse_where(where))
     if as_json:
         emit_json(m)
         return
@@ -351,6 +410,11 @@ def evaluate(
         )
     worst = sorted(m["per_class"].items(), key=lambda kv: kv[1]["f1"])[:5]
     click.echo("weakest classes: " + ", ".join(f"{k} (f1 {v['f1']:.2f})" for k, v in worst))
+    for name, sm in list(m["label_sets"].items())[1:]:
+        click.echo(
+            f"label set {name}: n={sm['n']} accuracy={sm['accuracy']:.4f} macro_f1={sm['macro_f1']:.4f} "
+            f"coverage={sm['coverage']:.4f} rule: {sm['vote']} k={sm['k']} threshold={sm['threshold']:g}"
+        )
 
 
 @click.command()
@@ -366,6 +430,7 @@ def evaluate(
     help="Write every input column, then the predictions (.csv, .tsv, .jsonl, .json or .parquet).",
 )
 @click.option("-k", "k", type=click.IntRange(1, 256), default=None, help="Override the tuned k.")
+@where_option
 @click.option("--json", "as_json", is_flag=True, help="Print predictions as JSON.")
 @store_options
 def classify(
@@ -376,10 +441,11 @@ def classify(
     delimiter: str | None,
     output: Path | None,
     k: int | None,
+    where: tuple[str, ...],
     as_json: bool,
     **so: Any,
 ) -> None:
-    """Classify TEXTS (or --input FILE): label, confidence and neighbours as evidence."""
+    """Classify TEXTS (or --input FILE): label, confidence and neighbours as evidence; every label set."""
     if bool(texts) == bool(input_path):
         raise InputError("give ticket texts as arguments or --input FILE (one of the two)")
     if input_path and output and output.resolve() == input_path.resolve():
@@ -394,16 +460,23 @@ def classify(
         raise InputError("a ticket text argument is not valid UTF-8")
     clf = open_classifier(create=False, **so)
     with clf.store:
-        preds, ref, rule = clf.classify(items, k=k)
+        preds, ref, rule = clf.classify(items, k=k, where=parse_where(where))
+    extra = list(preds[0].sets)[1:] if preds else []
     if output:
         pred_cols = ["label", "confidence", "abstained", "reason", "suggestion", "alternatives", "shortened"]
-        taken = [c if c not in header else f"predicted_{c}" for c in [*pred_cols, "neighbours"]]
+        set_cols = [f"{name}_{c}" for name in extra for c in ("label", "confidence", "abstained", "suggestion")]
+        taken = [c if c not in header else f"predicted_{c}" for c in [*pred_cols, "neighbours", *set_cols]]
         out_rows = []
         for row, p in zip(rows, preds, strict=True):
             nb = ";".join(f"{n.id}:{n.label}:{n.score:.4f}" for n in p.neighbours)
             alts = ";".join(f"{lab}:{c:.4f}" for lab, c in p.alternatives)
             pred = [p.label or "", round(p.confidence, 4), p.abstained, p.reason or "", p.suggestion or ""]
-            out_rows.append([*(row[h] for h in header), *pred, alts, p.shortened, nb])
+            sets = [
+                v
+                for q in (p.sets[name] for name in extra)
+                for v in (q.label or "", round(q.confidence, 4), q.abstained, q.suggestion or "")
+            ]
+            out_rows.append([*(row[h] for h in header), *pred, alts, p.shortened, nb, *sets])
         write_table(output, [*header, *taken], out_rows)
     if as_json:
         emit_json(
@@ -421,7 +494,11 @@ def classify(
     for t, p in zip(items, preds, strict=True):
         label = p.label if not p.abstained else f"(abstained: {p.reason}; best guess {p.suggestion})"
         alts = ", ".join(f"{lab} {c:.2f}" for lab, c in p.alternatives[:2])
-        click.echo(f"{label}  conf={p.confidence:.2f}{f'  (then {alts})' if alts else ''}  <- {t[:70]}")
+        others = "".join(
+            f"  {name}={q.label or f'(abstained; {q.suggestion})'} {q.confidence:.2f}"
+            for name, q in list(p.sets.items())[1:]
+        )
+        click.echo(f"{label}  conf={p.confidence:.2f}{f'  (then {alts})' if alts else ''}{others}  <- {t[:70]}")
         for n in p.neighbours[:3]:
             click.echo(f"    {n.score:.3f}  {n.label}  [{n.id[:24]}]")
 

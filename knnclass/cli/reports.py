@@ -18,6 +18,7 @@ from ._common import (
     store_options,
     text_col_option,
 )
+from ._labels import label_set_option
 
 
 @click.command()
@@ -29,6 +30,7 @@ from ._common import (
 @label_col_option
 @label_map_option
 @click.option("--positive-label", default=None, help="For a binary case: the label whose recall matters (e.g. urgent).")
+@label_set_option
 @click.option("--json", "as_json", is_flag=True)
 @store_options
 def report(
@@ -38,16 +40,26 @@ def report(
     label_col: str,
     label_map: Path | None,
     positive_label: str | None,
+    label_set: str | None,
     as_json: bool,
     **so: Any,
 ) -> None:
-    """Write report.md and PNGs (confusions, accuracy vs k, confidence, threshold) for TEST."""
+    """Write report.md and PNGs (confusions, accuracy vs k, confidence, threshold) for TEST.
+
+    With --label-set NAME, for that label set (its labels read from column NAME unless --label-col says)."""
     from ..reports import write_report
 
+    from click.core import ParameterSource
+
+    if (
+        label_set is not None
+        and click.get_current_context().get_parameter_source("label_col") is ParameterSource.DEFAULT
+    ):
+        label_col = label_set
     examples = read_examples(test, text_col, label_col, None, load_label_map(label_map))
     clf = open_classifier(create=False, **so)
     with clf.store:
-        r = write_report(clf, examples, out, positive_label)
+        r = write_report(clf.for_set(label_set), examples, out, positive_label)
     if as_json:
         emit_json(r)
     else:
@@ -75,16 +87,26 @@ def report(
     default=None,
     help="Also write the suspects as a CSV (id,label,...) to review and --apply.",
 )
+@label_set_option
 @click.option("--json", "as_json", is_flag=True)
 @store_options
 def suspects(
-    limit: int, k: int, min_agreement: float, apply_path: Path | None, template: Path | None, as_json: bool, **so: Any
+    limit: int,
+    k: int,
+    min_agreement: float,
+    apply_path: Path | None,
+    template: Path | None,
+    label_set: str | None,
+    as_json: bool,
+    **so: Any,
 ) -> None:
-    """Examples whose label a strong majority of their neighbours contradict (leave-one-out)."""
+    """Examples whose label (of --label-set, default the primary set) a strong majority of their
+    neighbours contradict (leave-one-out); --apply relabels that set."""
     from ..reports import apply_relabels, find_suspects, write_relabels_template
 
-    clf = open_classifier(create=False, **so)
-    with clf.store:
+    base = open_classifier(create=False, **so)
+    with base.store:
+        clf = base.for_set(label_set)
         if apply_path is not None:
             n = apply_relabels(clf, apply_path)
             click.echo(f"relabelled {n} examples")

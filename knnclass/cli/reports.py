@@ -47,9 +47,9 @@ def report(
     """Write report.md and PNGs (confusions, accuracy vs k, confidence, threshold) for TEST.
 
     With --label-set NAME, for that label set (its labels read from column NAME unless --label-col says)."""
-    from ..reports import write_report
-
     from click.core import ParameterSource
+
+    from ..reports import write_report
 
     if (
         label_set is not None

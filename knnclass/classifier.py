@@ -149,6 +149,12 @@ class Classifier:
         self._mu = threading.Lock()
 
     # --- plumbing ----------------------------------------------------------------------
+    def sibling(self, collection: str) -> Classifier:
+        """A classifier of another collection of the same store, sharing the loaded encoders."""
+        other = Classifier(self.store, collection, self._encoder, self._loader)
+        other._loaded, other._mu = self._loaded, self._mu
+        return other
+
     def ref(self) -> Ref:
         return self.store.ref(self.collection)
 

@@ -7,7 +7,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import numpy as np
 
@@ -19,7 +19,18 @@ from .metrics import evaluation_metrics
 from .tuning import K_GRID, K_MAX, PCT_GRID, hits_to_arrays
 from .voting import k_for_percent, vote_batch
 
-__all__ = ["REPORT_FILES", "Suspect", "apply_relabels", "drift", "find_duplicates", "find_suspects", "write_report"]
+__all__ = [
+    "REPORT_FILES",
+    "DriftReport",
+    "DuplicatePair",
+    "FlaggedTicket",
+    "Suspect",
+    "apply_relabels",
+    "drift",
+    "find_duplicates",
+    "find_suspects",
+    "write_report",
+]
 
 REPORT_FILES = ("report.md", "confusions.png", "accuracy_vs_k.png", "reliability.png", "coverage_accuracy.png")
 
@@ -90,13 +101,46 @@ def apply_relabels(clf: Classifier, path: Path, who: str = "cli") -> int:
     return len(pairs)
 
 
-def find_duplicates(clf: Classifier, threshold: float = 0.98) -> list[dict[str, Any]]:
+class DuplicatePair(TypedDict):
+    """Two stored examples at cosine >= the threshold (`a` < `b`; `text_a` is a's text)."""
+
+    a: str
+    b: str
+    label_a: str
+    label_b: str
+    score: float
+    conflict: bool  # the labels differ
+    text_a: str
+
+
+class FlaggedTicket(TypedDict):
+    """A new ticket further from the history than the cutoff: possibly a new topic."""
+
+    text: str
+    nearest_similarity: float
+    nearest_label: str | None
+
+
+class DriftReport(TypedDict):
+    """`drift`'s result: nearest-neighbour similarity quantiles of new tickets vs the history's."""
+
+    n_new: int
+    n_history: int
+    history_quantiles: dict[int, float]
+    new_quantiles: dict[int, float]
+    new_topic_cutoff: float
+    flagged_share: float
+    expected_share: float
+    flagged: list[FlaggedTicket]
+
+
+def find_duplicates(clf: Classifier, threshold: float = 0.98) -> list[DuplicatePair]:
     """Pairs of stored examples at cosine >= threshold; pairs with conflicting labels first."""
     if not 0 < threshold <= 1:
         raise InputError(f"threshold must be in (0, 1], not {threshold}")
     ref = clf.ref()
     seen: set[tuple[str, str]] = set()
-    out: list[dict[str, Any]] = []
+    out: list[DuplicatePair] = []
     for e, hits in clf.loo_neighbours(ref, limit=5):
         for h in hits:
             if h.score < threshold:
@@ -120,7 +164,7 @@ def find_duplicates(clf: Classifier, threshold: float = 0.98) -> list[dict[str, 
     return out
 
 
-def drift(clf: Classifier, texts: Sequence[str], quantile: float = 5.0) -> dict[str, Any]:
+def drift(clf: Classifier, texts: Sequence[str], quantile: float = 5.0) -> DriftReport:
     """Nearest-neighbour similarity of new tickets vs the history's own (leave-one-out) distribution.
 
     A new ticket is flagged as a possible new topic when its nearest stored example is
@@ -134,7 +178,7 @@ def drift(clf: Classifier, texts: Sequence[str], quantile: float = 5.0) -> dict[
     new = np.array([h[0].score if h else 0.0 for h in new_hits])
     cut = float(np.percentile(history, quantile))
     qs = [5, 25, 50, 75, 95]
-    flagged = [
+    flagged: list[FlaggedTicket] = [
         {"text": t, "nearest_similarity": round(float(s), 4), "nearest_label": h[0].label if h else None}
         for t, s, h in zip(texts, new, new_hits, strict=True)
         if s < cut

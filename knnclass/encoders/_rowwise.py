@@ -260,7 +260,7 @@ class _Graph:
 
     @staticmethod
     def other(n: onnx.NodeProto, t: str) -> str:
-        return n.input[1] if n.input[0] == t else n.input[0]
+        return str(n.input[1] if n.input[0] == t else n.input[0])
 
     def const_is(self, t: str, value: float) -> bool:
         return t in self.consts and abs(self.consts[t] - value) < 1e-6 * max(1.0, abs(value))

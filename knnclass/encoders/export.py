@@ -180,7 +180,7 @@ def _export_encoder(
             shutil.copy2(build / FUSED_MODEL_FILE, final / FUSED_MODEL_FILE)
         if settings.cuda:
             _write_fp16(build / "fp32" / "model.onnx", final / CUDA_MODEL_FILE)
-        tok = AutoTokenizer.from_pretrained(str(src))
+        tok = AutoTokenizer.from_pretrained(str(src))  # type: ignore[no-untyped-call]
         tok.save_pretrained(str(final))
         if not (final / "tokenizer.json").exists():
             raise ExportError(f"{src}: the model has no fast tokenizer (tokenizer.json); knnclass needs one")

@@ -146,7 +146,7 @@ class OnnxEncoder:
         self.meta = read_metadata(self._dir)
         self._batch_size = batch_size
         self._threads = threads or encoder_threads()
-        self._model_file = self._dir / self.meta["model_file"]
+        self._model_file: Path = self._dir / str(self.meta["model_file"])
         providers = select_providers(device, ort.get_available_providers())
         if providers[0] == "CUDAExecutionProvider":
             if not self.meta.get("cuda_model_file"):
@@ -269,7 +269,7 @@ class OnnxEncoder:
         feed = {"input_ids": input_ids, "attention_mask": mask}
         if "token_type_ids" in self._inputs:
             feed["token_type_ids"] = np.zeros_like(input_ids)
-        hidden = session.run([self._output], feed)[0]
+        hidden: np.ndarray = session.run([self._output], feed)[0]
         if hidden.ndim == 2:  # graph already pools
             pooled = hidden.astype(np.float32)
         elif self.meta["pooling"] == "cls":
@@ -278,7 +278,8 @@ class OnnxEncoder:
             m = mask[:, :, None].astype(np.float32)
             pooled = (hidden * m).sum(axis=1) / np.clip(m.sum(axis=1), 1e-9, None)
         norms = np.linalg.norm(pooled, axis=1, keepdims=True)
-        return (pooled / np.clip(norms, 1e-12, None)).astype(np.float32)
+        vectors: np.ndarray = (pooled / np.clip(norms, 1e-12, None)).astype(np.float32)
+        return vectors
 
     def embed(self, texts: Sequence[str], long: str = "head") -> np.ndarray:
         """(len(texts), dim) L2-normalised vectors; `long` (LONG_TEXT_STRATEGIES) says what

@@ -23,15 +23,18 @@ HEADS_FILE = "heads.npz"
 
 
 def _act(name: str, x: np.ndarray) -> np.ndarray:
+    y: np.ndarray
     if name == "relu":
-        return np.maximum(x, 0.0)
-    if name == "tanh":
-        return np.tanh(x)
-    if name == "logistic":
-        return 1.0 / (1.0 + np.exp(-x))
-    if name == "identity":
-        return x
-    raise InputError(f"unsupported head activation {name!r}")
+        y = np.maximum(x, 0.0)
+    elif name == "tanh":
+        y = np.tanh(x)
+    elif name == "logistic":
+        y = 1.0 / (1.0 + np.exp(-x))
+    elif name == "identity":
+        y = x
+    else:
+        raise InputError(f"unsupported head activation {name!r}")
+    return y
 
 
 @dataclass

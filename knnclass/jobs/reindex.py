@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 from ..classifier import Classifier
 from ..data import Example, read_examples
@@ -25,7 +25,7 @@ from ..tuning import TuningResult
 from .finetune import read_run
 from .head import HEADS_FILE, load_heads
 
-__all__ = ["promote", "prune", "rollback", "run_encoder_dir"]
+__all__ = ["PruneResult", "promote", "prune", "rollback", "run_encoder_dir"]
 
 Progress = Callable[[int], None]
 
@@ -189,7 +189,16 @@ def rollback(store: Store, collection: str) -> dict[str, str]:
     return {"collection": collection, "from": cur, "to": target}
 
 
-def prune(store: Store, collection: str, keep: int = 0) -> dict[str, Any]:
+class PruneResult(TypedDict):
+    """What `prune` did: the versions dropped and the older ones kept beside the current one."""
+
+    collection: str
+    current: str | None
+    dropped: list[str]
+    kept: list[str]
+
+
+def prune(store: Store, collection: str, keep: int = 0) -> PruneResult:
     """Drop every version but the current one and the `keep` newest others."""
     cur = store.current_version(collection)
     if cur is None:

@@ -18,17 +18,16 @@ from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .. import history
 from .._cpu import usable_cpus
-from ..classifier import Classifier, ClassifyRequest
-from ..data import Example, example_id
-from ..errors import InputError, KnnclassError
-from ..store.base import Where
+from ..classifier import Classifier
+from ..errors import CollectionNotFoundError, InputError, KnnclassError
+from ..store import Store
+from ..store.base import validate_name
 from ..store.remote import ADMIN_HEADER, STORE_ROUTE
-from ..voting import Rule
 from .engine import Engine
 from .indexer import IndexBuilder
-from .schemas import ClassifyBody, ClassifyResponse, ErrorBody, ExamplesRequest, RelabelRequest, SnapshotRequest
+from .routes import RouteContext, collection_router
+from .schemas import ErrorBody
 from .store_route import StoreRoute
 
 __all__ = ["ServiceSettings", "create_app"]
@@ -184,7 +183,8 @@ class _Guard:
         finally:
             if acquired:
                 self.in_flight -= 1
-            route = scope.get("route")
+            # the route template: an included router's own route path lacks its prefix
+            route = (scope.get("fastapi") or {}).get("effective_route_context") or scope.get("route")
             name = getattr(route, "path", "unmatched")
             self.m.observe(method, name, status, time.perf_counter() - t0)
 
@@ -374,75 +374,30 @@ def create_app(classifier: Classifier, settings: ServiceSettings | None = None) 
 
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
-    # --- classify ----------------------------------------------------------------------------
-    @app.post(
-        "/v1/classify",
-        response_model=ClassifyResponse,
-        response_model_exclude_unset=True,  # an absent key stays absent (neighbours); a null label stays null
-        tags=["classify"],
-        dependencies=[Depends(require_read)],
-    )
-    async def classify(body: ClassifyBody) -> dict[str, Any]:
-        rule = Rule(**body.rule.model_dump()) if body.rule else None
-        fields = [body.fields] if body.fields is not None else []
-        where = Where.from_filter(body.filter) if body.filter else None
-        res = await engine.classify(ClassifyRequest(body.all_texts(), rule, body.k, body.truncate, fields, where))
-        return {
-            "predictions": [p.to_dict(body.include_neighbours) for p in res.predictions],
-            "collection": res.ref.name,
-            "version": res.ref.version,
-            "encoder": res.encoder,
-            "rule": res.rule.to_dict(),
-        }
+    # --- collections -------------------------------------------------------------------------
+    siblings: dict[str, Classifier] = {classifier.collection: classifier}
 
-    # --- examples ----------------------------------------------------------------------------
-    @app.post("/v1/examples", tags=["examples"], dependencies=[Depends(require_write)])
-    async def add_examples(body: ExamplesRequest) -> dict[str, Any]:
-        examples = [Example(e.id or example_id(e.text), e.text, e.label.strip()) for e in body.examples]
-        unique = list({e.id: e for e in examples}.values())  # a repeated id: the last one wins
-        await engine.write(classifier.add, unique, None, body.truncate, who)
-        return {"upserted": len(unique), "ids": [e.id for e in examples]}
+    def default_collection() -> Classifier:
+        return classifier
 
-    @app.get("/v1/examples/{example_id:path}/history", tags=["examples"], dependencies=[Depends(require_read)])
-    async def example_history(example_id: str) -> dict[str, Any]:
-        """Every recorded change of the example, oldest first (change id, time, who, kind, old -> new)."""
-        changes = await engine.read(history.example_history, classifier.store, classifier.collection, example_id)
-        return {"id": example_id, "history": changes}
+    def named_collection(name: str) -> Classifier:
+        clf = siblings.get(name)
+        if clf is None:
+            validate_name(name)
+            if classifier.store.current_version(name) is None:
+                have = ", ".join(classifier.store.list_collections()) or "none"
+                raise CollectionNotFoundError(f"no collection {name!r} in this store (collections: {have})")
+            clf = siblings.setdefault(name, classifier.sibling(name))
+        return clf
 
-    @app.get("/v1/examples/{example_id:path}", tags=["examples"], dependencies=[Depends(require_read)])
-    async def get_example(example_id: str) -> dict[str, Any]:
-        e = await engine.read(classifier.get, example_id)
-        return _example_out(e)
+    ctx = RouteContext(engine, require_read, require_write, lambda m: _AuthError(403, m), who, s.snapshot_dir)
+    app.include_router(collection_router(ctx, default_collection), prefix="/v1")
+    app.include_router(collection_router(ctx, named_collection, tag="collection "), prefix="/v1/collections/{name}")
 
-    @app.patch("/v1/examples/{example_id:path}", tags=["examples"], dependencies=[Depends(require_write)])
-    async def relabel(example_id: str, body: RelabelRequest) -> dict[str, Any]:
-        """{"label": ...} relabels the primary label set; {"labels": {set: label, ...}} the sets named."""
-        if body.label is not None:
-            e = await engine.write(classifier.relabel, example_id, body.label, None, who)
-        for name, label in (body.labels or {}).items():
-            e = await engine.write(classifier.relabel, example_id, label, None, who, name)
-        return _example_out(e)
-
-    @app.delete("/v1/examples/{example_id:path}", tags=["examples"], dependencies=[Depends(require_write)])
-    async def delete(example_id: str) -> dict[str, Any]:
-        await engine.write(classifier.delete, example_id, None, who)
-        return {"deleted": example_id}
-
-    @app.post("/v1/admin/snapshot", tags=["admin"], dependencies=[Depends(require_write)])
-    async def take_snapshot(body: SnapshotRequest) -> dict[str, Any]:
-        """Snapshot the served collection into the configured snapshot dir, while serving.
-
-        Runs on the writer thread, so it sees no half-applied live edit; classify goes on.
-        """
-        if s.snapshot_dir is None:
-            raise _AuthError(403, "snapshots over HTTP are off: start the service with --snapshot-dir DIR")
-        from pathlib import Path
-
-        from ..jobs.backup import snapshot
-
-        out = Path(s.snapshot_dir) / body.name
-        d: dict[str, Any] = await engine.write(snapshot, classifier.store, classifier.collection, out)
-        return {**d, "path": str(out)}
+    @app.get("/v1/collections", tags=["collections"], dependencies=[Depends(require_read)])
+    async def collections() -> dict[str, Any]:
+        """Every collection of the store (current version, versions, count); `default` is /v1's."""
+        return {"default": classifier.collection, "collections": await engine.read(_collections, classifier.store)}
 
     if store_route is not None:
 
@@ -460,22 +415,7 @@ def create_app(classifier: Classifier, settings: ServiceSettings | None = None) 
                 return _error(422, "validation_error", "body: expected an object")
             return JSONResponse({"result": await store_route.call(body)})
 
-    @app.get("/v1/info", tags=["classify"], dependencies=[Depends(require_read)])
-    async def info() -> dict[str, Any]:
-        d: dict[str, Any] = await engine.read(classifier.info)
-        return d
-
     return app
-
-
-def _example_out(e: Example) -> dict[str, Any]:
-    """An example as the API shows it: its extra label sets and metadata only where it has them."""
-    out: dict[str, Any] = {"id": e.id, "text": e.text, "label": e.label}
-    if e.labels:
-        out["labels"] = e.labels
-    if e.meta:
-        out["meta"] = e.meta
-    return out
 
 
 def _warm(clf: Classifier) -> None:
@@ -494,3 +434,11 @@ def _readiness(clf: Classifier) -> dict[str, Any]:
         "encoder": enc.identity,
         "tuned": meta.rule is not None,
     }
+
+
+def _collections(store: Store) -> list[dict[str, Any]]:
+    out = []
+    for name in store.list_collections():
+        ref = store.ref(name)
+        out.append({"name": name, "version": ref.version, "versions": store.versions(name), "count": store.count(ref)})
+    return out

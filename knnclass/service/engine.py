@@ -26,10 +26,14 @@ __all__ = ["ClassifyJob", "Engine"]
 class ClassifyJob:
     request: ClassifyRequest
     future: asyncio.Future[ClassifyResult]
+    clf: Classifier
 
 
 class Engine:
-    """Runs library calls off the event loop: one thread classifies, one writes."""
+    """Runs library calls off the event loop: one thread classifies, one writes.
+
+    Classify calls for several collections share the thread; a batch is split by collection.
+    """
 
     def __init__(self, classifier: Classifier, max_batch: int = 64, wait_s: float = 0.0):
         self.clf = classifier
@@ -54,10 +58,11 @@ class Engine:
         self._write.shutdown(wait=True)
 
     # --- classify ------------------------------------------------------------------------
-    async def classify(self, request: ClassifyRequest) -> ClassifyResult:
+    async def classify(self, request: ClassifyRequest, clf: Classifier | None = None) -> ClassifyResult:
+        """Classify with `clf` (default: the engine's classifier), batched with concurrent calls."""
         assert self._queue is not None, "engine not started"
         fut: asyncio.Future[ClassifyResult] = asyncio.get_running_loop().create_future()
-        await self._queue.put(ClassifyJob(request, fut))
+        await self._queue.put(ClassifyJob(request, fut, clf or self.clf))
         return await fut
 
     async def _loop(self) -> None:
@@ -95,10 +100,20 @@ class Engine:
 
     def _run_batch(self, jobs: Sequence[ClassifyJob]) -> list[ClassifyResult | KnnclassError]:
         timings = BatchTimings()
-        results = self.clf.classify_batch([j.request for j in jobs], timings=timings)
+        results: list[ClassifyResult | KnnclassError | None] = [None] * len(jobs)
+        groups: dict[int, list[int]] = {}
+        for i, j in enumerate(jobs):
+            groups.setdefault(id(j.clf), []).append(i)
+        for idx in groups.values():
+            clf, t = jobs[idx[0]].clf, BatchTimings()
+            for i, r in zip(idx, clf.classify_batch([jobs[i].request for i in idx], timings=t), strict=True):
+                results[i] = r
+            timings.encode_s += t.encode_s
+            timings.search_s += t.search_s
+            timings.texts += t.texts
         if self.observe is not None:
             self.observe(timings.encode_s, timings.search_s, timings.texts)
-        return results
+        return [r for r in results if r is not None]
 
     # --- writes ----------------------------------------------------------------------------
     async def write(self, fn: Any, *args: Any) -> Any:

@@ -300,7 +300,7 @@ class EdgeStore(Store):
         from qdrant_edge import UpdateOperation
 
         if ids:
-            uuids = [point_uuid(i) for i in ids]
+            uuids: list[Any] = [point_uuid(i) for i in ids]
             self._shard(ref).update(UpdateOperation.delete_points(uuids))
             self._journal(ref, uuids)
 
@@ -462,7 +462,7 @@ class EdgeStore(Store):
                     ups = [Point(id=r.id, vector=r.vector, payload=r.payload) for r in recs]
                     new.update(UpdateOperation.upsert_points(ups))
                 found = {str(r.id) for r in recs}
-                gone = [u for u in part if u not in found]
+                gone: list[Any] = [u for u in part if u not in found]
                 if gone:
                     new.update(UpdateOperation.delete_points(gone))
             new.flush()

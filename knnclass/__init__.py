@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from .classifier import Classifier, Prediction
-from .data import Example
+from .data import Example, read_examples
+from .encoders import load_encoder
 from .errors import (
     CollectionNotFoundError,
     EncoderMismatchError,
@@ -13,6 +14,7 @@ from .errors import (
     StoreCorruptError,
     StoreLockedError,
 )
+from .store import open_store
 from .voting import Decision, Neighbour, Rule
 
 __all__ = [
@@ -29,4 +31,7 @@ __all__ = [
     "Rule",
     "StoreCorruptError",
     "StoreLockedError",
+    "load_encoder",
+    "open_store",
+    "read_examples",
 ]

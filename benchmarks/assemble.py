@@ -32,6 +32,7 @@ SECTIONS = [
         "Contrastive tuning (issue #19)",
         "benchmarks/finetune.py --compare-losses / --strategies knn,contrastive",
     ),
+    ("tickets", "Tickets as they are: two label sets, metadata filters, ids (issue #16)", "benchmarks/tickets.py"),
     ("reliability", "Reliability (details in RELIABILITY.md)", "benchmarks/reliability.py"),
 ]
 

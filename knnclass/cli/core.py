@@ -618,6 +618,8 @@ def collections(as_json: bool, **so: Any) -> None:
                     "count": clf.store.count(ref),
                     "labels": len(labels),
                     "label_counts": labels,
+                    "label_sets": meta.set_names(),
+                    "metadata": meta.payload_schema or {},
                     "encoder": meta.encoder,
                     "rule": Rule.from_dict(meta.rule).describe() if meta.rule else None,
                     "text": TextSettings.from_meta(meta.text).to_dict(),
@@ -632,7 +634,7 @@ def collections(as_json: bool, **so: Any) -> None:
         rule = d["rule"] or "not tuned"
         click.echo(
             f"{d['collection']:<20} {d['version']:<5} versions {','.join(d['versions']):<12} "
-            f"count {d['count']:<8} labels {d['labels']:<5} {rule}"
+            f"count {d['count']:<8} labels {d['labels']:<5} sets {','.join(d['label_sets']):<16} {rule}"
         )
 
 

@@ -17,7 +17,9 @@ def usable_cpus() -> int:
 
 def encoder_threads() -> int:
     """KNNCLASS_THREADS if set (a positive integer), else every usable CPU."""
-    raw = os.environ.get("KNNCLASS_THREADS", "").strip()
+    from .settings import env
+
+    raw = (env("THREADS") or "").strip()
     if not raw:
         return usable_cpus()
     if not raw.isdigit() or int(raw) < 1:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -31,8 +32,18 @@ from .voting import Neighbour, Rule
 
 if TYPE_CHECKING:
     from .jobs.head import Head
+    from .settings import Settings
 
-__all__ = ["BatchTimings", "Classifier", "ClassifyRequest", "ClassifyResult", "EncoderLoader", "Prediction"]
+__all__ = [
+    "BatchTimings",
+    "Classifier",
+    "ClassifyRequest",
+    "ClassifyResult",
+    "EncoderLoader",
+    "Prediction",
+    "encoder_loader",
+    "open_classifier",
+]
 
 EncoderLoader = Callable[[str], Encoder]
 Progress = Callable[[int], None]
@@ -836,3 +847,29 @@ def _check_labels(truth: Sequence[str], stored: set[str], unknown_label: str | N
             f"none of the file's labels ({', '.join(in_scope[:3])}{', ...' if len(in_scope) > 3 else ''}) "
             f"are in the collection (e.g. {', '.join(sorted(stored)[:3])}); wrong --label-col or --label-map?"
         )
+
+
+def encoder_loader(explicit: str | Path | None = None) -> EncoderLoader:
+    """Loads `explicit` if given, else the stamped encoder source when it exists here, else the default model."""
+
+    def load(source: str) -> Encoder:
+        import os
+
+        from .encoders import load_encoder
+
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing downloads at run time
+        if explicit is not None:
+            return load_encoder(explicit)
+        if source and Path(source).exists():
+            return load_encoder(source)
+        return load_encoder(None)
+
+    return load
+
+
+def open_classifier(settings: Settings, create: bool = False) -> Classifier:
+    """The classifier of `settings.collection` in the store `settings` name (see knnclass.settings)."""
+    from .store import open_store
+
+    store = open_store(settings=settings, create=create)
+    return Classifier(store, settings.collection, encoder_loader=encoder_loader(settings.encoder))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from collections.abc import Callable
@@ -11,10 +12,11 @@ from typing import Any, TypeVar
 import click
 
 from ..classifier import Classifier
+from ..classifier import open_classifier as library_open_classifier
 from ..data import TextSource, read_label_map
-from ..encoders.base import Encoder
 from ..errors import InputError
-from ..store import open_store
+from ..settings import Settings
+from ..store.remote import RemoteStore
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -29,6 +31,7 @@ __all__ = [
     "label_map_option",
     "load_label_map",
     "open_classifier",
+    "settings_from",
     "store_options",
     "text_col_option",
     "text_source",
@@ -136,31 +139,33 @@ def load_label_map(path: Path | None) -> dict[str, str] | None:
     return read_label_map(path) if path else None
 
 
-def _loader(explicit: Path | None) -> Callable[[str], Encoder]:
-    def load(source: str) -> Encoder:
-        from ..encoders import load_encoder
-
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        if explicit is not None:
-            return load_encoder(explicit)
-        if source and Path(source).exists():
-            return load_encoder(source)
-        return load_encoder(None)
-
-    return load
-
-
-def open_classifier(
+def settings_from(
     store: Path,
     collection: str,
     qdrant_url: str | None = None,
     qdrant_api_key: str | None = None,
     encoder_dir: Path | None = None,
-    create: bool = False,
     wait: float = 0.0,
-) -> Classifier:
-    st = open_store(str(store), url=qdrant_url, api_key=qdrant_api_key, create=create, wait_s=wait)
-    return Classifier(st, collection, encoder_loader=_loader(encoder_dir))
+) -> Settings:
+    """The command's settings: KNNCLASS_* read once, the store options (flags or their env) over them."""
+    return Settings.from_env().with_(
+        store=str(store),
+        collection=collection,
+        qdrant_url=qdrant_url,
+        qdrant_api_key=qdrant_api_key,
+        encoder=str(encoder_dir) if encoder_dir else None,
+        wait_s=wait,
+    )
+
+
+def open_classifier(create: bool = False, **store_opts: Any) -> Classifier:
+    """The collection the store options name. Through a running service (an embedded store it
+    holds) this process lowers its CPU priority, so its heavy work never starves classify."""
+    clf = library_open_classifier(settings_from(**store_opts), create=create)
+    if isinstance(clf.store, RemoteStore):
+        with contextlib.suppress(OSError):
+            os.nice(10)
+    return clf
 
 
 def emit_json(obj: Any) -> None:

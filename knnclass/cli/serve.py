@@ -9,7 +9,7 @@ from typing import Any
 import click
 
 from ..errors import InputError
-from ._common import encoder_option, open_classifier, store_options
+from ._common import encoder_option, open_classifier, settings_from, store_options
 
 
 @click.command()
@@ -76,40 +76,24 @@ def serve(
             "--workers > 1 needs the server backend (--qdrant-url): the embedded store can be opened by one "
             "process only; one worker already batches concurrent requests"
         )
-    settings = ServiceSettings(
-        api_key=os.environ.get("KNNCLASS_API_KEY") or None,
-        read_key=os.environ.get("KNNCLASS_READ_KEY") or None,
-        **({"max_in_flight": max_in_flight} if max_in_flight else {}),
-        batch_wait_ms=batch_wait_ms,
-        snapshot_dir=str(snapshot_dir) if snapshot_dir else None,
-        admin_token=None if so.get("qdrant_url") else new_admin_token(),
-    )
-    clf = open_classifier(encoder_dir=encoder_dir, create=False, **so)
     from ..store.remote import RemoteStore
 
+    base = settings_from(encoder_dir=encoder_dir, **so).with_(
+        max_in_flight=max_in_flight, batch_wait_ms=batch_wait_ms, snapshot_dir=str(snapshot_dir) if snapshot_dir else None
+    )
+    settings = ServiceSettings.from_settings(base, admin_token=None if base.qdrant_url else new_admin_token())
+    clf = open_classifier(encoder_dir=encoder_dir, create=False, **so)
     if isinstance(clf.store, RemoteStore):
         raise InputError(f"{so['store']} is already served by another `knnclass serve`; stop that one first")
     clf.ref()  # fail now, with a clear message, if the collection is missing
     click.echo(f"serving {so['collection']} on http://{host}:{port} (docs at /docs)", err=True)
     run: dict[str, Any] = {"log_level": log_level, "timeout_graceful_shutdown": 30, "access_log": False}
-    if workers > 1:  # each worker process builds its own app from the environment
+    if workers > 1:  # each worker process builds its own app from the settings, passed on in its environment
         clf.store.close()
-        os.environ.update(
-            {
-                "KNNCLASS_STORE": str(so["store"]),
-                "KNNCLASS_COLLECTION": so["collection"],
-                "KNNCLASS_QDRANT_URL": so["qdrant_url"] or "",
-                "KNNCLASS_QDRANT_API_KEY": so["qdrant_api_key"] or "",
-                "KNNCLASS_MAX_IN_FLIGHT": str(settings.max_in_flight),
-                "KNNCLASS_BATCH_WAIT_MS": str(batch_wait_ms),
-                "KNNCLASS_SNAPSHOT_DIR": str(snapshot_dir or ""),
-                **({"KNNCLASS_ENCODER": str(encoder_dir)} if encoder_dir else {}),
-            }
-        )
+        os.environ.update(base.to_env())
         uvicorn.run("knnclass.service.factory:app_from_env", factory=True, workers=workers, host=host, port=port, **run)
         return
     root = getattr(clf.store, "root", None) if settings.admin_token else None
     run_service(create_app(clf, settings), host, port, root, settings.admin_token, **run)
-
 
 COMMANDS = [serve]

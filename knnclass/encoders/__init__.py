@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from ..errors import DependencyError, InputError
@@ -24,7 +23,9 @@ __all__ = [
 
 def cache_dir() -> Path:
     """Where exported encoders are cached (env KNNCLASS_CACHE, else ~/.cache/knnclass)."""
-    return Path(os.environ.get("KNNCLASS_CACHE") or Path.home() / ".cache" / "knnclass")
+    from ..settings import env
+
+    return Path(env("CACHE") or Path.home() / ".cache" / "knnclass")
 
 
 def default_model_dir() -> Path:
@@ -46,10 +47,11 @@ def load_encoder(spec: str | Path | None = None, device: str | None = None, thre
     the cache on first use (needs the train extra) and reused afterwards, with an fp16
     graph too where the device is CUDA. `device` None reads KNNCLASS_DEVICE (default cpu).
     """
+    from ..settings import env
     from .export import export_encoder
     from .metadata import ExportSettings, source_fingerprint
 
-    device = device or os.environ.get("KNNCLASS_DEVICE") or "cpu"
+    device = device or env("DEVICE") or "cpu"
     src = default_model_dir() if spec is None else Path(spec).expanduser()
     if not src.exists():
         raise InputError(f"encoder {src}: no such directory")

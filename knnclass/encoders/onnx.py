@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
 import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -86,7 +85,9 @@ def fused_ops_library() -> Path | None:
 
     KNNCLASS_FUSED_OPS=0 turns them off (the stock-op graph runs instead).
     """
-    if os.environ.get("KNNCLASS_FUSED_OPS", "1").strip() == "0":
+    from ..settings import env
+
+    if (env("FUSED_OPS") or "1").strip() == "0":
         return None
     from . import _rowwise
 

@@ -21,6 +21,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from .._cpu import usable_cpus
 from ..classifier import Classifier
 from ..errors import CollectionNotFoundError, InputError, KnnclassError
+from ..settings import Settings
 from ..store import Store
 from ..store.base import validate_name
 from ..store.remote import ADMIN_HEADER, STORE_ROUTE
@@ -55,6 +56,19 @@ class ServiceSettings:
     admin_token: str | None = None
     max_admin_body_bytes: int = 1 << 28
     index_check_s: float = 30.0  # how often live adds are checked for an index build (out of process)
+
+    @classmethod
+    def from_settings(cls, settings: Settings, **changes: Any) -> ServiceSettings:
+        """The service part of knnclass's settings (keys, limits, snapshot dir), plus `changes`."""
+        limits: dict[str, Any] = {"max_in_flight": settings.max_in_flight} if settings.max_in_flight else {}
+        return cls(
+            api_key=settings.api_key,
+            read_key=settings.read_key,
+            batch_wait_ms=settings.batch_wait_ms,
+            snapshot_dir=settings.snapshot_dir,
+            **limits,
+            **changes,
+        )
 
     def __post_init__(self) -> None:
         if self.read_key is not None and self.api_key is None:

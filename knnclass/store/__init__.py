@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from .base import CollectionMeta, Hit, HnswSettings, Ref, Store
+
+if TYPE_CHECKING:
+    from ..settings import Settings
 
 __all__ = ["CollectionMeta", "Hit", "HnswSettings", "Ref", "Store", "open_store"]
 
@@ -12,27 +17,29 @@ def open_store(
     url: str | None = None,
     api_key: str | None = None,
     create: bool = True,
-    wait_s: float = 0.0,
+    wait_s: float | None = None,
+    settings: Settings | None = None,
 ) -> Store:
-    """The server backend when `url` is given, else the embedded store at `path`.
+    """The server backend when a Qdrant URL is set, else the embedded store at the path.
 
-    When a running `knnclass serve` holds the embedded store, its store is used through the
-    service (knnclass.store.remote). When another process holds it, wait up to `wait_s`
-    seconds for the lock, then raise StoreLockedError.
+    `settings` (default: read from the environment now) say where and how; the other arguments
+    override it. When a running `knnclass serve` holds the embedded store, its store is used
+    through the service (knnclass.store.remote). When another process holds it, wait up to
+    `wait_s` seconds for the lock, then raise StoreLockedError.
     """
-    if url:
-        import os
+    from ..settings import Settings
 
+    s = (settings or Settings.from_env()).with_(store=path, qdrant_url=url, qdrant_api_key=api_key, wait_s=wait_s)
+    if s.qdrant_url:
         from .server import ServerStore
 
-        env = os.environ.get
         return ServerStore(
-            url,
-            api_key=api_key,
-            shards=int(env("KNNCLASS_QDRANT_SHARDS", "1")),
-            replication_factor=int(env("KNNCLASS_QDRANT_REPLICATION", "1")),
-            write_consistency=int(env("KNNCLASS_QDRANT_WRITE_CONSISTENCY", "1")),
-            hnsw=HnswSettings.from_env(),
+            s.qdrant_url,
+            api_key=s.qdrant_api_key,
+            shards=s.qdrant_shards,
+            replication_factor=s.qdrant_replication,
+            write_consistency=s.qdrant_write_consistency,
+            hnsw=s.hnsw,
         )
     import time
     from pathlib import Path
@@ -41,11 +48,11 @@ def open_store(
     from .edge import EdgeStore
     from .remote import RemoteStore, find_service
 
-    root = Path(path or "knnclass-data").expanduser().resolve()
-    deadline = time.monotonic() + max(0.0, wait_s)
+    root = Path(s.store).expanduser().resolve()
+    deadline = time.monotonic() + max(0.0, s.wait_s)
     while True:
         try:
-            return EdgeStore(root, create=create, hnsw=HnswSettings.from_env())
+            return EdgeStore(root, create=create, hnsw=s.hnsw)
         except StoreLockedError as e:
             service = find_service(root, e.holder_pid)
             if service is not None:

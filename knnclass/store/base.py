@@ -73,17 +73,9 @@ class HnswSettings:
     @classmethod
     def from_env(cls) -> HnswSettings:
         """Defaults overridden by KNNCLASS_HNSW_M, KNNCLASS_HNSW_EF_CONSTRUCT, KNNCLASS_HNSW_EF."""
-        import os
+        from ..settings import Settings
 
-        d = cls()
-        try:
-            return cls(
-                m=int(os.environ.get("KNNCLASS_HNSW_M", d.m)),
-                ef_construct=int(os.environ.get("KNNCLASS_HNSW_EF_CONSTRUCT", d.ef_construct)),
-                ef=int(os.environ.get("KNNCLASS_HNSW_EF", d.ef)),
-            )
-        except ValueError as e:
-            raise InputError(f"KNNCLASS_HNSW_*: not an integer ({e})") from None
+        return Settings.from_env().hnsw
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,7 @@ from ..errors import (
     StoreError,
     StoreLockedError,
 )
+from ..settings import env
 from ._files import ProcessLock, atomic_write_text, read_json
 from .base import CollectionMeta, Hit, HnswSettings, Ref, Store, Where, validate_history_log, validate_name
 
@@ -34,7 +35,7 @@ __all__ = ["EdgeStore"]
 MARKER = "knnclass-store.json"
 # Qdrant Edge preallocates WAL files and mmaps sparse files: on a full disk it dies with
 # SIGBUS instead of an error, so refuse to open or write below this much free space.
-MIN_FREE_BYTES = int(os.environ.get("KNNCLASS_MIN_FREE_MB", "96")) * 2**20
+MIN_FREE_BYTES = int(env("MIN_FREE_MB", "96") or 96) * 2**20
 VECTOR = "text"
 _PAYLOAD = ["label", "ext_id", "labels"]
 

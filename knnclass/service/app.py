@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fastapi import Depends, FastAPI, Request
+from fastapi_offline import FastAPIOffline
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -294,7 +295,8 @@ def create_app(classifier: Classifier, settings: ServiceSettings | None = None) 
         classifier.store.close()
         log.warning("knnclass: requests drained; store flushed and closed")
 
-    app = FastAPI(
+    # /docs and /redoc from assets fastapi-offline installs: they work with no internet
+    app = FastAPIOffline(
         title="knnclass",
         summary="Nearest-neighbour ticket classification with evidence",
         version="0.1.0",

@@ -62,3 +62,17 @@ def test_unknown_or_invalid_collection_is_a_json_error(client: TestClient) -> No
     assert r.status_code == 422 and r.json()["error"]["type"] == "InputError"
     m = client.get("/metrics").text
     assert 'route="/v1/collections/{name}/classify"' in m
+
+
+def test_docs_work_offline(client: TestClient) -> None:
+    """/docs and /redoc load their scripts from the service itself, never from a CDN."""
+    import re
+
+    for page in ("/docs", "/redoc"):
+        html = client.get(page).text
+        assets = re.findall(r'(?:src|href)="([^"]+\.(?:js|css))"', html)
+        assert assets and not [a for a in assets if a.startswith("http")], (page, assets)
+        for a in assets:
+            r = client.get(a)
+            assert r.status_code == 200 and len(r.content) > 10_000, a
+    assert client.get("/openapi.json").json()["paths"]["/v1/collections/{name}/classify"]

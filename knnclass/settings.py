@@ -41,6 +41,7 @@ ENV: dict[str, str] = {
     "IMPORT_DIR": "server-side directory admin index jobs may read files from",
     "TO_QDRANT_API_KEY": "API key of the target Qdrant of `knnclass copy`",
     # process-wide knobs, read where they act
+    "PROGRESS_FILE": "where a command writes its progress as JSON (set by the service's admin jobs)",
     "CACHE": "where exported encoders are cached (default ~/.cache/knnclass)",
     "DEVICE": "encoder device: cpu, cuda or auto",
     "THREADS": "encoder threads (default: every usable CPU)",

@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -15,7 +17,7 @@ from ..classifier import Classifier
 from ..classifier import open_classifier as library_open_classifier
 from ..data import TextSource, read_label_map
 from ..errors import InputError
-from ..settings import Settings
+from ..settings import Settings, env
 from ..store.remote import RemoteStore
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -25,6 +27,7 @@ INPUT_FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
 
 __all__ = [
     "INPUT_FILE",
+    "ProgressBar",
     "emit_json",
     "encoder_option",
     "label_col_option",
@@ -166,6 +169,48 @@ def open_classifier(create: bool = False, **store_opts: Any) -> Classifier:
         with contextlib.suppress(OSError):
             os.nice(10)
     return clf
+
+
+class ProgressBar:
+    """Progress on stderr, shown from the first update (an early error stays one line).
+
+    When KNNCLASS_PROGRESS_FILE is set (a service's admin job runs this command), the progress
+    is also written there as {"done": n, "total": N}, at most twice a second.
+    """
+
+    def __init__(self, total: int, desc: str, unit: str = "ticket"):
+        self.total, self.desc, self.unit = total, desc, unit
+        self.done = 0
+        self._bar: Any = None
+        self._file = env("PROGRESS_FILE")
+        self._written = 0.0
+
+    def update(self, n: int) -> None:
+        if self._bar is None:
+            from tqdm import tqdm
+
+            self._bar = tqdm(total=self.total, unit=self.unit, desc=self.desc, file=sys.stderr, mininterval=0.5)
+        self._bar.update(n)
+        self.done += n
+        if self._file and (time.monotonic() - self._written > 0.5 or self.done >= self.total):
+            self._write()
+
+    def _write(self) -> None:
+        assert self._file is not None
+        tmp = f"{self._file}.tmp"
+        with contextlib.suppress(OSError):
+            Path(tmp).write_text(json.dumps({"done": self.done, "total": self.total, "stage": self.desc}))
+            os.replace(tmp, self._file)
+        self._written = time.monotonic()
+
+    def __enter__(self) -> ProgressBar:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._bar is not None:
+            self._bar.close()
+        if self._file:
+            self._write()
 
 
 def emit_json(obj: Any) -> None:

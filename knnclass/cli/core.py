@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import json
-import sys
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ from ..tuning import Objective
 from ..voting import Rule
 from ._common import (
     INPUT_FILE,
+    ProgressBar,
     emit_json,
     encoder_option,
     open_classifier,
@@ -121,8 +121,6 @@ def index(
     """
     import time
 
-    from tqdm import tqdm
-
     from ..jobs.shard import Checkpoint, parse_shard, select_shard
 
     spec = parse_shard(shard or "0/1")
@@ -145,13 +143,7 @@ def index(
         while not create and not clf.exists() and time.monotonic() < deadline:
             time.sleep(2)  # shard 0 creates the collection; the others wait for it
         skip = ckpt.done_batches() if shard else 0
-        with tqdm(
-            total=len(examples),
-            unit="ticket",
-            desc=f"indexing {spec}" if shard else "indexing",
-            file=sys.stderr,
-            mininterval=0.5,
-        ) as bar:
+        with ProgressBar(len(examples), f"indexing {spec}" if shard else "indexing") as bar:
             ref = clf.index(
                 examples,
                 batch_size=batch_size,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -11,29 +10,7 @@ from click.core import ParameterSource
 
 from ..errors import InputError
 from ..store import open_store
-from ._common import emit_json, open_classifier, store_options
-
-
-class _Bar:
-    """A progress bar on stderr that appears with the first progress (an early error stays one line)."""
-
-    def __init__(self, total: int, desc: str):
-        self.total, self.desc = total, desc
-        self._bar: Any = None
-
-    def update(self, n: int) -> None:
-        if self._bar is None:
-            from tqdm import tqdm
-
-            self._bar = tqdm(total=self.total, unit="point", desc=self.desc, file=sys.stderr, mininterval=0.5)
-        self._bar.update(n)
-
-    def __enter__(self) -> _Bar:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._bar is not None:
-            self._bar.close()
+from ._common import ProgressBar, emit_json, open_classifier, store_options
 
 
 def _total(store: Any, name: str) -> int:
@@ -59,7 +36,7 @@ def snapshot(out: Path, as_json: bool, **so: Any) -> None:
     clf = open_classifier(create=False, **so)
     with clf.store:
         clf.ref()
-        with _Bar(_total(clf.store, clf.collection), "snapshot") as bar:
+        with ProgressBar(_total(clf.store, clf.collection), "snapshot") as bar:
             res = take(clf.store, clf.collection, out, progress=bar.update)
     if as_json:
         emit_json(res)
@@ -94,7 +71,7 @@ def restore(file: Path, replace: bool, as_json: bool, **so: Any) -> None:
         store = open_store(
             str(so["store"]), url=so["qdrant_url"], api_key=so["qdrant_api_key"], create=True, wait_s=so["wait"]
         )
-        with store, _Bar(sum(v.count for v in snap.versions), "restore") as bar:
+        with store, ProgressBar(sum(v.count for v in snap.versions), "restore") as bar:
             res = put(store, snap, name, replace, progress=bar.update)
     finally:
         snap.close()
@@ -141,7 +118,7 @@ def copy(
     with clf.store:
         clf.ref()
         dst = open_store(str(to_store), url=to_qdrant_url, api_key=to_qdrant_api_key, create=True)
-        with dst, _Bar(_total(clf.store, clf.collection), "copy") as bar:
+        with dst, ProgressBar(_total(clf.store, clf.collection), "copy") as bar:
             res = copy_collection(clf.store, dst, clf.collection, to_collection, replace, progress=bar.update)
     if as_json:
         emit_json(res)
@@ -169,7 +146,7 @@ def export_data(output: Path, with_vectors: bool, **so: Any) -> None:
     clf = open_classifier(create=False, **so)
     with clf.store:
         ref = clf.ref()
-        with _Bar(clf.store.count(ref), "export") as bar:
+        with ProgressBar(clf.store.count(ref), "export") as bar:
             res = export(clf.store, clf.collection, output, with_vectors, progress=bar.update)
     click.echo(f"wrote {res['examples']} examples of {res['collection']} ({res['version']}) to {output}")
 

@@ -11,7 +11,7 @@ from typing import Any
 import click
 
 from ..errors import InputError
-from ._common import INPUT_FILE, emit_json, open_classifier, store_options, text_col_option
+from ._common import INPUT_FILE, ProgressBar, emit_json, open_classifier, store_options, text_col_option
 
 _STRATEGIES = ("full", "last-layer", "transfer", "knn", "contrastive")
 _LOSSES = ("batch-all", "supcon", "mnrl", "batch-hard-soft")  # = jobs.settings.LOSSES (default first)
@@ -274,14 +274,12 @@ def compare(train: Path, strategies: str, test: Path | None, as_json: bool, **kw
 @store_options
 def promote(run_dir: Path, batch_size: int, served: str, as_json: bool, **so: Any) -> None:
     """Reindex the collection with RUN_DIR's encoder into a new version, re-tune, switch atomically."""
-    from tqdm import tqdm
-
     from ..jobs.reindex import promote as do_promote
 
     clf = open_classifier(create=False, **so)
     with clf.store:
         total = clf.store.count(clf.ref())
-        with tqdm(total=total, unit="ticket", desc="reindexing", file=sys.stderr, mininterval=0.5) as bar:
+        with ProgressBar(total, "reindexing") as bar:
             res = do_promote(
                 clf.store,
                 so["collection"],

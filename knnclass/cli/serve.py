@@ -48,6 +48,13 @@ from ._common import encoder_option, open_classifier, settings_from, store_optio
     default=None,
     help="Directory POST /v1/admin/snapshot writes into (write key needed); unset: the route is off.",
 )
+@click.option(
+    "--import-dir",
+    envvar="KNNCLASS_IMPORT_DIR",
+    type=click.Path(file_okay=False, exists=True, path_type=Path),
+    default=None,
+    help="Server-side directory admin jobs may read files from (index, tune --validation, promote run dirs).",
+)
 @encoder_option
 @store_options
 def serve(
@@ -58,6 +65,7 @@ def serve(
     batch_wait_ms: float,
     log_level: str,
     snapshot_dir: Path | None,
+    import_dir: Path | None,
     encoder_dir: Path | None,
     **so: Any,
 ) -> None:
@@ -79,9 +87,18 @@ def serve(
     from ..store.remote import RemoteStore
 
     base = settings_from(encoder_dir=encoder_dir, **so).with_(
-        max_in_flight=max_in_flight, batch_wait_ms=batch_wait_ms, snapshot_dir=str(snapshot_dir) if snapshot_dir else None
+        max_in_flight=max_in_flight,
+        batch_wait_ms=batch_wait_ms,
+        snapshot_dir=str(snapshot_dir) if snapshot_dir else None,
+        import_dir=str(import_dir) if import_dir else None,
     )
-    settings = ServiceSettings.from_settings(base, admin_token=None if base.qdrant_url else new_admin_token())
+    embedded = not base.qdrant_url
+    settings = ServiceSettings.from_settings(
+        base,
+        admin_token=new_admin_token() if embedded else None,
+        # admin jobs are recorded beside an embedded store (their children reach it through us)
+        jobs_dir=str(Path(base.store).expanduser().resolve() / "jobs") if embedded else None,
+    )
     clf = open_classifier(encoder_dir=encoder_dir, create=False, **so)
     if isinstance(clf.store, RemoteStore):
         raise InputError(f"{so['store']} is already served by another `knnclass serve`; stop that one first")

@@ -10,6 +10,7 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from fastapi import Depends, FastAPI, Request
@@ -28,6 +29,7 @@ from ..store.base import validate_name
 from ..store.remote import ADMIN_HEADER, STORE_ROUTE
 from .engine import Engine
 from .indexer import IndexBuilder
+from .jobs import JobRunner
 from .routes import RouteContext, collection_router
 from .schemas import ErrorBody
 from .store_route import StoreRoute
@@ -57,6 +59,9 @@ class ServiceSettings:
     admin_token: str | None = None
     max_admin_body_bytes: int = 1 << 28
     index_check_s: float = 30.0  # how often live adds are checked for an index build (out of process)
+    jobs_dir: str | None = None  # where admin jobs are recorded (None: the job routes are off)
+    import_dir: str | None = None  # the server-side files admin jobs may read (None: uploads only)
+    max_upload_bytes: int = 1 << 30
 
     @classmethod
     def from_settings(cls, settings: Settings, **changes: Any) -> ServiceSettings:
@@ -67,6 +72,7 @@ class ServiceSettings:
             read_key=settings.read_key,
             batch_wait_ms=settings.batch_wait_ms,
             snapshot_dir=settings.snapshot_dir,
+            import_dir=settings.import_dir,
             **limits,
             **changes,
         )
@@ -123,6 +129,8 @@ class _Guard:
         admin = scope["path"] == STORE_ROUTE  # token-only, local: no request slot, a larger body limit
         limited = scope["path"].startswith("/v1/") and not admin
         max_body = self.s.max_admin_body_bytes if admin else self.s.max_body_bytes
+        if scope["path"].endswith("/jobs/index/upload"):
+            max_body = self.s.max_upload_bytes
         headers = dict(scope.get("headers", []))
         length = headers.get(b"content-length")
         if length is not None:
@@ -274,6 +282,7 @@ def create_app(classifier: Classifier, settings: ServiceSettings | None = None) 
     engine = Engine(classifier, max_batch=s.max_batch, wait_s=s.batch_wait_ms / 1000)
     engine.observe = metrics.engine
     indexer = IndexBuilder(classifier.store, engine.write)
+    runner = JobRunner(Path(s.jobs_dir), _store_args(classifier.store)) if s.jobs_dir else None
     store_route = StoreRoute(classifier.store, s.admin_token, engine.write, indexer) if s.admin_token else None
 
     @asynccontextmanager
@@ -284,7 +293,11 @@ def create_app(classifier: Classifier, settings: ServiceSettings | None = None) 
         except KnnclassError as e:
             log.warning("not ready yet: %s", e)
         keeper = asyncio.create_task(indexer.keep_up(s.index_check_s)) if indexer.out_of_process else None
+        if runner is not None:
+            await runner.start()
         yield
+        if runner is not None:
+            await runner.stop()
         if keeper is not None:
             keeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -406,9 +419,40 @@ def create_app(classifier: Classifier, settings: ServiceSettings | None = None) 
             clf = siblings.setdefault(name, classifier.sibling(name))
         return clf
 
-    ctx = RouteContext(engine, require_read, require_write, lambda m: _AuthError(403, m), who, s.snapshot_dir)
-    app.include_router(collection_router(ctx, default_collection), prefix="/v1")
-    app.include_router(collection_router(ctx, named_collection, tag="collection "), prefix="/v1/collections/{name}")
+    ctx = RouteContext(
+        engine, require_read, require_write, lambda m: _AuthError(403, m), who, s.snapshot_dir, runner, s.import_dir
+    )
+    def default_name() -> str:
+        return classifier.collection
+
+    def valid_name(name: str) -> str:
+        return validate_name(name)
+
+    app.include_router(collection_router(ctx, default_collection, default_name), prefix="/v1")
+    app.include_router(
+        collection_router(ctx, named_collection, valid_name, tag="collection "), prefix="/v1/collections/{name}"
+    )
+
+    @app.get("/v1/jobs", tags=["admin"], dependencies=[Depends(require_write)])
+    async def list_jobs() -> dict[str, Any]:
+        """Every admin job, newest first, with its progress."""
+        r = ctx.runner()
+        jobs = sorted(r.jobs.values(), key=lambda j: j.created, reverse=True)
+        return {"jobs": [j.to_dict(r.progress(j)) for j in jobs]}
+
+    @app.get("/v1/jobs/{job_id}", tags=["admin"], dependencies=[Depends(require_write)])
+    async def get_job(job_id: str) -> dict[str, Any]:
+        """A job: state (queued, running, done, failed, cancelled), progress {done, total}, error, output tail."""
+        r = ctx.runner()
+        job = r.get(job_id)
+        return job.to_dict(r.progress(job))
+
+    @app.delete("/v1/jobs/{job_id}", tags=["admin"], dependencies=[Depends(require_write)])
+    async def cancel_job(job_id: str) -> dict[str, Any]:
+        """Cancel a queued or running job (an index job keeps what it stored; re-run it to resume)."""
+        r = ctx.runner()
+        job = await r.cancel(job_id)
+        return job.to_dict(r.progress(job))
 
     @app.get("/v1/collections", tags=["collections"], dependencies=[Depends(require_read)])
     async def collections() -> dict[str, Any]:
@@ -458,3 +502,12 @@ def _collections(store: Store) -> list[dict[str, Any]]:
         ref = store.ref(name)
         out.append({"name": name, "version": ref.version, "versions": store.versions(name), "count": store.count(ref)})
     return out
+
+
+def _store_args(store: Store) -> list[str]:
+    """How a job's child process names the store this service serves."""
+    root = getattr(store, "root", None)
+    if root is not None:
+        return ["--store", str(root)]
+    url = getattr(store, "url", None)
+    return ["--qdrant-url", str(url)] if url else []

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Query, Request
 
 from .. import history
 from ..classifier import Classifier, ClassifyRequest
@@ -19,7 +19,17 @@ from ..errors import InputError
 from ..store.base import Where
 from ..voting import Rule
 from .engine import Engine
-from .schemas import ClassifyBody, ClassifyResponse, ExamplesRequest, RelabelRequest, SnapshotRequest
+from .jobs import JobRunner
+from .schemas import (
+    ClassifyBody,
+    ClassifyResponse,
+    ExamplesRequest,
+    IndexJobRequest,
+    PromoteJobRequest,
+    RelabelRequest,
+    SnapshotRequest,
+    TuneJobRequest,
+)
 
 __all__ = ["RouteContext", "collection_router", "example_out"]
 
@@ -34,6 +44,27 @@ class RouteContext:
     forbidden: Callable[[str], Exception]
     who: str
     snapshot_dir: str | None
+    jobs: JobRunner | None = None
+    import_dir: str | None = None
+
+    def server_path(self, given: str, what: str) -> str:
+        """`given` resolved under the import dir; refused outside it (or when there is none)."""
+        from pathlib import Path
+
+        if self.import_dir is None:
+            raise self.forbidden(f"{what}: server-side paths are off; start the service with --import-dir DIR")
+        root = Path(self.import_dir).resolve()
+        path = (root / given).resolve()
+        if not path.is_relative_to(root):
+            raise self.forbidden(f"{what}: {given!r} is outside the service's import dir")
+        if not path.exists():
+            raise InputError(f"{what}: no such file or directory under the import dir: {given!r}")
+        return str(path)
+
+    def runner(self) -> JobRunner:
+        if self.jobs is None:
+            raise self.forbidden("admin jobs are off in this service (they need an embedded store or a jobs dir)")
+        return self.jobs
 
 
 def example_out(e: Example) -> dict[str, Any]:
@@ -46,8 +77,11 @@ def example_out(e: Example) -> dict[str, Any]:
     return out
 
 
-def collection_router(ctx: RouteContext, pick: Callable[..., Classifier], tag: str = "") -> APIRouter:
-    """The routes of one collection; `pick` is the FastAPI dependency resolving it."""
+def collection_router(
+    ctx: RouteContext, pick: Callable[..., Classifier], name_of: Callable[..., str], tag: str = ""
+) -> APIRouter:
+    """The routes of one collection; `pick` is the FastAPI dependency resolving it, `name_of` its
+    name alone (index jobs may create the collection)."""
     engine, who = ctx.engine, ctx.who
     read, write = [Depends(ctx.require_read)], [Depends(ctx.require_write)]
     r = APIRouter()
@@ -130,4 +164,107 @@ def collection_router(ctx: RouteContext, pick: Callable[..., Classifier], tag: s
         d: dict[str, Any] = await engine.write(snapshot, clf.store, clf.collection, out)
         return {**d, "path": str(out)}
 
+    # --- admin jobs: the commands a user would run, as child processes (knnclass.service.jobs) ---
+    admin: list[str | Any] = [f"{tag}admin"]
+
+    @r.post("/jobs/index", tags=admin, dependencies=write, status_code=202)
+    async def index_job(body: IndexJobRequest, name: str = Depends(name_of)) -> dict[str, Any]:
+        """Bulk-index a file under the service's import dir, in the background; poll GET /v1/jobs/{id}."""
+        if body.path is None:
+            raise InputError("path: give the file to index (or upload it to .../jobs/index/upload)")
+        path = ctx.server_path(body.path, "path")
+        maps = [_map_arg(ctx, m) for m in body.label_map or []]
+        job = await ctx.runner().submit("index", name, [path, *_index_args(body, maps)])
+        return job.to_dict()
+
+    @r.post("/jobs/index/upload", tags=admin, dependencies=write, status_code=202)
+    async def index_upload(
+        request: Request,
+        filename: str,
+        name: str = Depends(name_of),
+        text_col: Annotated[list[str] | None, Query()] = None,
+        label_col: Annotated[list[str] | None, Query()] = None,
+        id_col: str | None = None,
+        meta_col: Annotated[list[str] | None, Query()] = None,
+    ) -> dict[str, Any]:
+        """Bulk-index the uploaded file (the request body; `filename`'s extension names its format)."""
+        from pathlib import Path
+
+        runner = ctx.runner()
+        suffix = "".join(Path(filename).suffixes[-2:]).lower()
+        if suffix not in (".csv", ".tsv", ".jsonl", ".json", ".parquet", ".csv.gz", ".jsonl.gz"):
+            raise InputError(f"filename: {filename!r}: use .csv, .tsv, .jsonl, .json or .parquet")
+        dest = runner.upload_path(suffix)
+        size = 0
+        with dest.open("wb") as f:
+            async for chunk in request.stream():
+                size += len(chunk)
+                f.write(chunk)
+        if size == 0:
+            dest.unlink()
+            raise InputError("the upload is empty")
+        opts = IndexJobRequest.model_validate(
+            {"text_col": text_col, "label_col": label_col, "id_col": id_col, "meta_col": meta_col}
+        )
+        job = await runner.submit("index", name, [str(dest), *_index_args(opts, [])])
+        return job.to_dict()
+
+    @r.post("/jobs/tune", tags=admin, dependencies=write, status_code=202)
+    async def tune_job(body: TuneJobRequest, clf: Classifier = Depends(pick)) -> dict[str, Any]:
+        """Re-tune the vote rule (leave-one-out, or on a validation file under the import dir)."""
+        args: list[str] = []
+        if body.validation is not None:
+            args += ["--validation", ctx.server_path(body.validation, "validation")]
+        for flag, value in (
+            ("--unknown-label", body.unknown_label),
+            ("--id-col", body.id_col),
+            ("--target-accuracy", body.target_accuracy),
+            ("--target-unknown-recall", body.target_unknown_recall),
+            ("--long-text", body.long_text),
+        ):
+            if value is not None:
+                args += [flag, str(value)]
+        return (await ctx.runner().submit("tune", clf.collection, args)).to_dict()
+
+    @r.post("/jobs/promote", tags=admin, dependencies=write, status_code=202)
+    async def promote_job(body: PromoteJobRequest, clf: Classifier = Depends(pick)) -> dict[str, Any]:
+        """Reindex with a fine-tuned run's encoder into a new version, re-tune, switch atomically."""
+        run_dir = ctx.server_path(body.run_dir, "run_dir")
+        return (await ctx.runner().submit("promote", clf.collection, [run_dir, "--rule", body.rule])).to_dict()
+
+    @r.post("/admin/rollback", tags=admin, dependencies=write)
+    async def rollback(clf: Classifier = Depends(pick)) -> dict[str, Any]:
+        """Switch back to the previous version (at once; classify follows with its next request)."""
+        from ..jobs.reindex import rollback as do_rollback
+
+        d: dict[str, Any] = await engine.write(do_rollback, clf.store, clf.collection)
+        return d
+
     return r
+
+
+def _map_arg(ctx: RouteContext, spec: str) -> str:
+    name, sep, path = spec.partition("=")
+    if not sep:
+        return ctx.server_path(spec, "label_map")
+    return f"{name}={ctx.server_path(path, 'label_map')}"
+
+
+def _index_args(body: IndexJobRequest, maps: list[str]) -> list[str]:
+    args: list[str] = []
+    for flag, values in (("--text-col", body.text_col), ("--label-col", body.label_col), ("--meta-col", body.meta_col)):
+        for v in values or []:
+            args += [flag, v]
+    for m in maps:
+        args += ["--label-map", m]
+    for flag, value in (
+        ("--text-template", body.text_template),
+        ("--delimiter", body.delimiter),
+        ("--id-col", body.id_col),
+        ("--clean", body.clean),
+        ("--long-text", body.long_text),
+        ("--batch-size", body.batch_size),
+    ):
+        if value is not None:
+            args += [flag, str(value)]
+    return args

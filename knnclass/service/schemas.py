@@ -15,9 +15,12 @@ __all__ = [
     "ErrorBody",
     "ExampleIn",
     "ExamplesRequest",
+    "IndexJobRequest",
+    "PromoteJobRequest",
     "RelabelRequest",
     "RuleIn",
     "SnapshotRequest",
+    "TuneJobRequest",
 ]
 
 MAX_TEXTS = 256
@@ -160,3 +163,36 @@ class ErrorDetail(BaseModel):
 
 class ErrorBody(BaseModel):
     error: ErrorDetail
+
+
+_Names = list[StrictStr] | None
+
+
+class IndexJobRequest(_Strict):
+    """A bulk index job: a file on the server (under the service's import dir) and the index options."""
+
+    path: StrictStr | None = Field(None, min_length=1, max_length=4096)
+    text_col: _Names = Field(None, max_length=32)
+    text_template: StrictStr | None = Field(None, max_length=4096)
+    delimiter: StrictStr | None = Field(None, min_length=1, max_length=1)
+    label_col: _Names = Field(None, max_length=16)
+    label_map: _Names = Field(None, max_length=16)  # NAME=FILE (the file under the import dir too)
+    id_col: StrictStr | None = Field(None, max_length=256)
+    meta_col: _Names = Field(None, max_length=64)
+    clean: StrictStr | None = Field(None, max_length=32)
+    long_text: StrictStr | None = Field(None, max_length=32)
+    batch_size: StrictInt | None = Field(None, ge=1, le=4096)
+
+
+class TuneJobRequest(_Strict):
+    validation: StrictStr | None = Field(None, min_length=1, max_length=4096)
+    unknown_label: StrictStr | None = Field(None, max_length=256)
+    id_col: StrictStr | None = Field(None, max_length=256)
+    target_accuracy: StrictFloat | None = Field(None, gt=0, le=1)
+    target_unknown_recall: StrictFloat | None = Field(None, gt=0, le=1)
+    long_text: StrictStr | None = Field(None, max_length=32)
+
+
+class PromoteJobRequest(_Strict):
+    run_dir: StrictStr = Field(min_length=1, max_length=4096)
+    rule: Literal["auto", "knn", "head"] = "auto"

@@ -137,3 +137,80 @@ def test_locked_without_service_fails_clearly_and_wait_waits(tmp_path: Path) -> 
     threading.Timer(0.5, holder.close).start()
     with open_store(str(tmp_path / "st"), wait_s=20) as st:  # waits for the lock, then opens it itself
         assert not isinstance(st, RemoteStore)
+
+
+def _wait_job(s: Server, job_id: str, timeout: float = 300) -> dict:  # type: ignore[type-arg]
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        j = httpx.get(f"{s.url}/v1/jobs/{job_id}").json()
+        if j["state"] in ("done", "failed", "cancelled"):
+            return j  # type: ignore[no-any-return]
+        time.sleep(0.5)
+    raise TimeoutError(job_id)
+
+
+def test_admin_jobs_index_tune_promote_rollback_and_resume(tmp_path: Path, data_dir: Path, encoder_cache: Path) -> None:
+    _slice(data_dir / "train.csv", tmp_path / "train.csv", 30)
+    _slice(data_dir / "train.csv", tmp_path / "more.csv", 40, skip=30)
+    store = ["--store", str(tmp_path / "store")]
+    assert CliRunner().invoke(cli, ["index", str(tmp_path / "train.csv"), "--id-col", "id", *store]).exit_code == 0
+    s = Server(tmp_path / "store", "--import-dir", str(tmp_path))
+    s.wait_ready()
+    try:
+        # a server-side file under the import dir; anything outside it is refused
+        r = httpx.post(s.url + "/v1/jobs/index", json={"path": "/etc/passwd"})
+        assert r.status_code == 403 and "outside" in r.json()["error"]["message"]
+        r = httpx.post(s.url + "/v1/jobs/index", json={"path": "more.csv", "id_col": "id"})
+        assert r.status_code == 202, r.text
+        j = _wait_job(s, r.json()["id"])
+        assert j["state"] == "done", j
+        assert j["progress"] == {"done": 200, "total": 200, "stage": "indexing"}
+        assert httpx.get(s.url + "/readyz").json()["count"] == 350
+        # an upload, into another collection of the same service
+        body = (tmp_path / "train.csv").read_bytes()
+        r = httpx.post(
+            s.url + "/v1/collections/other/jobs/index/upload",
+            params={"filename": "t.csv", "id_col": "id"},
+            content=body,
+        )
+        assert r.status_code == 202, r.text
+        assert _wait_job(s, r.json()["id"])["state"] == "done"
+        assert httpx.get(s.url + "/v1/collections/other/info").json()["count"] == 150
+        # tune, then promote a transfer run and roll it back
+        assert _wait_job(s, httpx.post(s.url + "/v1/jobs/tune", json={}).json()["id"])["state"] == "done"
+        r = httpx.post(s.url + "/v1/classify", json={"text": "my card has not arrived"})
+        assert r.status_code == 200 and r.json()["predictions"][0]["label"] == "card_arrival"
+        _ok(["finetune", str(tmp_path / "train.csv"), "--strategy", "transfer", "--out", str(tmp_path / "run")])
+        j = _wait_job(s, httpx.post(s.url + "/v1/jobs/promote", json={"run_dir": "run"}).json()["id"])
+        assert j["state"] == "done", j
+        assert httpx.get(s.url + "/readyz").json()["version"] == "v2"
+        assert httpx.post(s.url + "/v1/admin/rollback").json()["to"] == "v1"
+        # a failing job says why
+        j = _wait_job(s, httpx.post(s.url + "/v1/jobs/tune", json={"validation": "more.csv", "unknown_label": "x"}).json()["id"])
+        assert j["state"] == "failed" and "unknown" in j["error"]
+        # a job interrupted by a crash runs again when the service restarts, and completes exactly
+        _slice(data_dir / "train.csv", tmp_path / "big.csv", 40, skip=70)
+        r = httpx.post(s.url + "/v1/jobs/index", json={"path": "big.csv", "id_col": "id", "batch_size": 16})
+        job_id = r.json()["id"]
+        import time
+
+        while httpx.get(f"{s.url}/v1/jobs/{job_id}").json()["state"] != "running":
+            time.sleep(0.2)
+        s.proc.kill()
+        s.proc.wait()
+    finally:
+        s.stop()
+    s = Server(tmp_path / "store", "--import-dir", str(tmp_path))
+    s.wait_ready()
+    try:
+        j = _wait_job(s, job_id)
+        assert j["state"] == "done" and j["attempts"] == 2, j
+        big = len((tmp_path / "big.csv").read_text().splitlines()) - 1
+        assert httpx.get(s.url + "/readyz").json()["count"] == 350 + big
+        assert [x["id"] for x in httpx.get(s.url + "/v1/jobs").json()["jobs"]][0] == job_id
+        r = httpx.delete(f"{s.url}/v1/jobs/{job_id}")
+        assert r.status_code == 200 and r.json()["state"] == "done"  # a finished job stays as it was
+    finally:
+        s.stop()

@@ -209,7 +209,7 @@ def test_admin_jobs_index_tune_promote_rollback_and_resume(tmp_path: Path, data_
         assert j["state"] == "done" and j["attempts"] == 2, j
         big = len((tmp_path / "big.csv").read_text().splitlines()) - 1
         assert httpx.get(s.url + "/readyz").json()["count"] == 350 + big
-        assert [x["id"] for x in httpx.get(s.url + "/v1/jobs").json()["jobs"]][0] == job_id
+        assert httpx.get(s.url + "/v1/jobs").json()["jobs"][0]["id"] == job_id
         r = httpx.delete(f"{s.url}/v1/jobs/{job_id}")
         assert r.status_code == 200 and r.json()["state"] == "done"  # a finished job stays as it was
     finally:

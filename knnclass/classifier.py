@@ -23,7 +23,7 @@ from .errors import (
     StoreError,
 )
 from .metrics import evaluation_metrics
-from .policy import Policy, reasons, score_rows, typical_similarity
+from .policy import Policy, fit_novelty, reasons, score_rows, typical_similarity
 from .store.base import CollectionMeta, Hit, Ref, Store, Where, infer_kind, to_payload_value, validate_meta_column
 from .text import Prepared, TextSettings, prepare
 from .text import embed as embed_text
@@ -554,7 +554,7 @@ class Classifier:
         if head is not None:
             head_probs = np.zeros((len(vectors), len(labels)))
             head_probs[:, [labels.index(lab) for lab in head.labels]] = head.probabilities(vectors)
-        sc = score_rows(codes, scores, labels, rule, k, policy, head_probs)
+        sc = score_rows(codes, scores, labels, rule, k, policy, head_probs, vectors)
         out = []
         for i, why in enumerate(reasons(sc, rule)):
             guess = labels[sc.guess[i]] if sc.guess[i] >= 0 else None
@@ -704,7 +704,7 @@ class Classifier:
             vecs = [v for _, _, v in loo if v is not None]
             mode = "leave-one-out"
         else:
-            loo = self._loo(ref, 10, where=where)
+            loo = self._loo(ref, 10, with_vectors=unknown_label is not None, where=where)
             truth = [e.label for e in validation]
             arr = self.embed_texts([e.text for e in validation], ref)
             vecs = list(arr)
@@ -713,7 +713,10 @@ class Classifier:
             mode = "validation"
         typical = typical_similarity([e.label for e, _, _ in loo], [row for _, row, _ in loo])
         head_rows = (head.labels, head.probabilities(np.stack(vecs))) if head is not None and vecs else None
-        return tune_rule(truth, hits, n_indexed, unknown_label, mode, typical, objective, head_rows)
+        stored = [(e.label, v) for e, _, v in loo if v is not None] if unknown_label is not None else []
+        novelty = fit_novelty(np.stack([v for _, v in stored]), [lab for lab, _ in stored]) if stored else None
+        rows = np.stack(vecs) if novelty is not None else None
+        return tune_rule(truth, hits, n_indexed, unknown_label, mode, typical, objective, head_rows, novelty, rows)
 
     def evaluate(
         self, examples: Sequence[Example], unknown_label: str | None = None, where: Where | None = None

@@ -18,7 +18,7 @@ import numpy as np
 from .calibration import fit_calibration
 from .errors import InputError
 from .metrics import score_predictions
-from .policy import Policy, Scored, features, guesses, hits_to_arrays, score_rows
+from .policy import NOVELTY_FEATURES, Novelty, Policy, Scored, features, guesses, hits_to_arrays, score_rows
 from .store.base import Hit
 from .voting import FEATURES, Rule, k_for_percent, vote_batch
 
@@ -183,6 +183,8 @@ def tune_rule(
     typical: tuple[dict[str, float], float] | None = None,
     objective: Objective | None = None,
     head: tuple[list[str], np.ndarray] | None = None,
+    novelty: Novelty | None = None,
+    vectors: np.ndarray | None = None,
 ) -> TuningResult:
     """Score every candidate rule on (truth, neighbours) pairs and pick the best.
 
@@ -190,7 +192,11 @@ def tune_rule(
     over weighted: the simplest rule that is as good. With `typical` (per-label typical
     top-3 similarity, and overall) a calibration policy is fitted and the thresholds set by
     `objective`; `head` = (labels, probabilities per row) calibrates a head's answers.
+    With `novelty` (fitted on the stored vectors) and `vectors` (the rows' own vectors) its
+    distances join the features of P(in scope), where unknown rows exist to fit it.
     """
+    if novelty is not None and (vectors is None or len(vectors) != len(truth)):
+        raise ValueError("a novelty model needs one vector per tuning row")
     objective = objective or Objective()
     labels = sorted({h.label for row in hits for h in row} | set(head[0] if head else ()))
     width = max((len(r) for r in hits), default=0)
@@ -224,7 +230,8 @@ def tune_rule(
     )
     if typical is None:
         return TuningResult(best, candidates, mode, len(truth))
-    policy, sc = _fit_policy(codes, scores, labels, best, truth_arr, unknown, typical, head_probs)
+    extra = (novelty, np.asarray(vectors)) if novelty is not None and unknown.any() else None
+    policy, sc = _fit_policy(codes, scores, labels, best, truth_arr, unknown, typical, head_probs, extra)
     eligible = (sc.guess >= 0) & ~sc.tie
     guess = np.array([labels[g] if g >= 0 else None for g in sc.guess], dtype=object)
     correct = (guess == truth_arr) & known
@@ -269,19 +276,48 @@ def _fit_policy(
     unknown: np.ndarray,
     typical: tuple[dict[str, float], float],
     head_probs: np.ndarray | None,
+    extra: tuple[Novelty, np.ndarray] | None = None,
 ) -> tuple[Policy, Scored]:
-    """Calibrate P(right) on in-scope rows (and P(in scope) where unknown rows exist)."""
+    """Calibrate P(right) on in-scope rows (and P(in scope) where unknown rows exist).
+
+    `extra` = (novelty model, the rows' vectors): its distances join P(in scope)'s features."""
     per, overall = typical
     guess, _tie, _raw, dist = guesses(codes, scores, len(labels), best.rule, best.k, head_probs)
     x = features(codes, scores, best.k, guess, dist, labels, per, overall)
+    novelty, vectors = extra if extra is not None else (None, None)
     known = ~unknown
     named = np.array([labels[g] if g >= 0 else None for g in guess], dtype=object)
     right = (named == truth) & known
+    scope = None
+    names: tuple[str, ...] = FEATURES
+    if unknown.any():
+        if novelty is not None:
+            xs, names = np.hstack([x, novelty.features(np.asarray(vectors))]), (*FEATURES, *NOVELTY_FEATURES)
+        else:
+            xs = x
+        scope = fit_calibration(xs, known, names)
     policy = Policy(
         fit_calibration(x[known], right[known], FEATURES),
         per,
         overall,
-        fit_calibration(x, known, FEATURES) if unknown.any() else None,
+        scope,
         "head" if head_probs is not None else "knn",
+        novelty,
     )
-    return policy, score_rows(codes, scores, labels, best.rule, best.k, policy, head_probs)
+    sc = score_rows(codes, scores, labels, best.rule, best.k, policy, head_probs, vectors)
+    if scope is not None:  # choose the novelty floor on honest scores: each row's P(in scope) from the other folds
+        sc = replace(sc, familiarity=np.where(sc.guess < 0, -np.inf, _out_of_fold(xs, known, names)))
+    return policy, sc
+
+
+def _out_of_fold(x: np.ndarray, known: np.ndarray, names: Sequence[str], folds: int = 5) -> np.ndarray:
+    """P(in scope) of each row from a fit on the other folds (stratified, fixed seed)."""
+    rng = np.random.default_rng(0)
+    fold = np.empty(len(x), dtype=np.int64)
+    for group in (np.where(known)[0], np.where(~known)[0]):
+        fold[group] = rng.permutation(len(group)) % folds
+    out = np.empty(len(x))
+    for f in range(folds):
+        held = fold == f
+        out[held] = fit_calibration(x[~held], known[~held], names).probability(x[held])
+    return out

@@ -2,14 +2,16 @@
 
 Open set: 25 % of the intents (seeded) are held out of the index; their rows are the
 `unknown` label in validation (carved from train) and test. Reported: known-intent accuracy,
-unknown recall and AUROC with the default objective (validation with unknown rows), and
-without any unknown rows (leave-one-out tuning only).
+unknown recall and AUROC with the default objective (validation with unknown rows), with
+`--unknown-weight 0.33` for comparison, and without any unknown rows (leave-one-out tuning
+only); the size of the tuned version's meta.json (its policy holds the novelty model).
 Closed set: the whole train set indexed, leave-one-out tuning; test accuracy, ECE, and the
 coverage at 98 % and 99 % answered accuracy (`tune --target-accuracy`). Off-topic texts
 (gibberish, trivia, recipes) classified on that collection. With --head, a transfer head
 (logistic regression) is trained, promoted and evaluated the same way.
 
     python benchmarks/openset.py [--seed 0] [--head]
+    python benchmarks/openset.py --latency   # adds the novelty model's classify cost to the JSON
 Writes benchmarks/results/openset.{json,md}.
 """
 
@@ -50,6 +52,41 @@ def knn(*args: str) -> str:
     if r.returncode != 0:
         raise SystemExit(f"knnclass {' '.join(args)} failed: {r.stderr[-2000:]}")
     return r.stdout
+
+
+# `tune` as it was before the novelty model (#15): no Mahalanobis features, floor chosen on in-sample P(in scope)
+BEFORE = (
+    "import sys, knnclass.classifier as c, knnclass.tuning as t; c.fit_novelty = lambda *a, **k: None; "
+    "t._out_of_fold = lambda x, known, names, folds=5: t.fit_calibration(x, known, names).probability(x); "
+    "from knnclass.cli import main; sys.argv = ['knnclass', *sys.argv[1:]]; main()"
+)
+
+
+def knn_before(*args: str) -> str:
+    r = subprocess.run([sys.executable, "-c", BEFORE, *args], capture_output=True, text=True, check=False)
+    if r.returncode != 0:
+        raise SystemExit(f"knnclass {' '.join(args)} (before) failed: {r.stderr[-2000:]}")
+    return r.stdout
+
+
+def coverage_at(store: list[str], test: Path, targets: tuple[float, ...] = (0.98, 0.99)) -> dict[str, float]:
+    """On the test rows' own curve: the largest share answered, most confident first, at each accuracy."""
+    out = Path(tempfile.mkdtemp()) / "pred.csv"
+    knn("classify", *store, "--input", str(test), "--output", str(out))
+    rows = _read(out)
+    truth = [r["category"] for r in _read(test)]
+    conf = [float(r["confidence"]) for r in rows]
+    right = [(r["label"] or r["suggestion"]) == t for r, t in zip(rows, truth, strict=True)]
+    order = sorted(range(len(rows)), key=lambda i: -conf[i])
+    res = {}
+    for target in targets:
+        best, hits = 0, 0
+        for m, i in enumerate(order, 1):
+            hits += right[i]
+            if hits / m >= target:
+                best = m
+        res[str(target)] = best / len(rows)
+    return res
 
 
 def _read(path: Path) -> list[dict[str, str]]:
@@ -119,12 +156,96 @@ def _ev(path: Path, *store: str, unknown: bool = True) -> dict[str, object]:
     return {k: m.get(k) for k in keys if k in m}
 
 
+def _meta_size(store: Path) -> dict[str, object]:
+    """Bytes of the tuned version's meta.json and of its novelty model, and the time to load it."""
+    from knnclass.policy import Policy
+
+    path = max(store.rglob("meta.json"), key=lambda p: p.stat().st_mtime)
+    meta = json.loads(path.read_text())
+    novelty = (meta.get("policy") or {}).get("novelty")
+    t0 = time.perf_counter()
+    for _ in range(100):
+        json.loads(path.read_text())
+    read_ms = (time.perf_counter() - t0) * 10
+    t0 = time.perf_counter()
+    for _ in range(100):
+        Policy.from_dict(json.loads(path.read_text())["policy"])
+    load_ms = (time.perf_counter() - t0) * 10
+    return {
+        "meta_bytes": path.stat().st_size,
+        "novelty_bytes": len(json.dumps(novelty)) if novelty else 0,
+        "read_json_ms": round(read_ms, 3),
+        "read_and_decode_policy_ms": round(load_ms, 3),
+    }
+
+
+def latency(seed: int, requests: int = 400) -> dict[str, object]:
+    """In-process classify of one ticket on all 10,003 train rows, tuned with unknown rows: the policy
+    with the novelty model against the same collection tuned without it, requests interleaved."""
+    import numpy as np
+
+    import knnclass.classifier as kc
+    from knnclass.classifier import Classifier
+    from knnclass.data import Example
+    from knnclass.encoders import load_encoder
+    from knnclass.store.edge import EdgeStore
+
+    train, test = _read(DATA / "train.csv"), _read(DATA / "test.csv")
+    held = set(random.Random(seed).sample(sorted({r["category"] for r in train}), 19))
+    store = EdgeStore(Path(tempfile.mkdtemp(prefix="knnclass-openset-lat-")) / "store")
+    try:
+        enc = load_encoder()
+        clf = Classifier(store, "c", enc)
+        clf.index([Example(f"t{i}", r["text"], r["category"]) for i, r in enumerate(train)])
+        val = [
+            Example(f"v{i}", r["text"], "unknown" if r["category"] in held else r["category"])
+            for i, r in enumerate(test[:1500])
+        ]
+        clf.tune(val, unknown_label="unknown")
+        metas = {"with": clf.meta()}
+        fit, kc.fit_novelty = kc.fit_novelty, lambda *a, **k: None
+        try:
+            clf.tune(val, unknown_label="unknown")
+        finally:
+            kc.fit_novelty = fit
+        metas["without"] = clf.meta()
+        ref = clf.ref()
+        queries = [r["text"] for r in test[1500 : 1500 + requests]]
+        times: dict[str, list[float]] = {"with": [], "without": []}
+        for i, q in enumerate(queries * 2):
+            for name in ("with", "without") if i % 2 else ("without", "with"):
+                store.set_meta(ref, metas[name])
+                t = time.perf_counter()
+                clf.classify([q])
+                times[name].append(time.perf_counter() - t)
+        out: dict[str, object] = {
+            name: {
+                "classify_p50_ms": round(1e3 * float(np.median(v)), 3),
+                "classify_p99_ms": round(1e3 * float(np.quantile(v, 0.99)), 3),
+            }
+            for name, v in times.items()
+        }
+        out["meta_bytes"] = {k: len(json.dumps(m.to_dict(), indent=2)) for k, m in metas.items()}
+        out["n_indexed"] = store.count(ref)
+        out["requests_each"] = len(times["with"])
+        return out
+    finally:
+        store.close()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--head", action="store_true", help="Also train, promote and score a transfer head.")
     ap.add_argument("--render", action="store_true", help="Only rewrite results/openset.md from openset.json.")
+    ap.add_argument("--latency", action="store_true", help="Only measure the novelty model's classify cost.")
     args = ap.parse_args()
+    if args.latency:
+        old = json.loads((OUT / "openset.json").read_text())
+        old["latency"] = latency(args.seed)
+        (OUT / "openset.json").write_text(json.dumps(old, indent=2))
+        render(old)
+        return
     if args.render:
         render(json.loads((OUT / "openset.json").read_text()))
         return
@@ -137,6 +258,11 @@ def main() -> None:
     knn("index", str(tmp / "index.csv"), *s)
     knn("tune", *s, "--validation", str(tmp / "val.csv"), "--unknown-label", "unknown")
     res["open_default"] = _ev(tmp / "test.csv", *s)
+    res["meta"] = _meta_size(tmp / "open")
+    knn_before("tune", *s, "--validation", str(tmp / "val.csv"), "--unknown-label", "unknown")
+    res["open_before"] = _ev(tmp / "test.csv", *s)
+    knn("tune", *s, "--validation", str(tmp / "val.csv"), "--unknown-label", "unknown", "--unknown-weight", "0.33")
+    res["open_weight_0.33"] = _ev(tmp / "test.csv", *s)
     knn("tune", *s)  # no unknown rows at all: familiarity floor from leave-one-out only
     res["open_no_unknown_rows"] = _ev(tmp / "test.csv", *s)
 
@@ -144,6 +270,7 @@ def main() -> None:
     knn("index", str(DATA / "train.csv"), *c)
     knn("tune", *c)
     res["closed_default"] = _ev(DATA / "test.csv", *c, unknown=False)
+    res["closed_coverage_curve"] = coverage_at(c, DATA / "test.csv")
     off = json.loads(knn("classify", *c, "--json", *OFF_TOPIC))["predictions"]
     res["off_topic"] = [
         {"text": p["text"], "reason": p["reason"], "suggestion": p["suggestion"], "confidence": p["confidence"]}
@@ -203,6 +330,8 @@ def render(res: dict[str, Any]) -> str:
     ]
     names = {
         "open_default": "open set, default objective (validation with unknown rows)",
+        "open_before": "open set, default objective, without the novelty model (as before #15's last step)",
+        "open_weight_0.33": "open set, `--unknown-weight 0.33` (not the default)",
         "open_no_unknown_rows": "open set, no unknown rows (leave-one-out only)",
         "closed_default": "closed set, default",
         "closed_target_0.98": "closed set, `--target-accuracy 0.98`",
@@ -229,6 +358,32 @@ def render(res: dict[str, Any]) -> str:
             "",
             f"Promoted head served on its own validation rows: guess accuracy {head['served']['guess_accuracy']:.4f}, "
             f"the run's recorded head accuracy {head['run_head_accuracy_on_validation']:.4f}.",
+        ]
+    curve = res.get("closed_coverage_curve")
+    if isinstance(curve, dict):
+        lines += [
+            "",
+            "Closed set, on the test rows' own coverage curve (most confident first): "
+            + ", ".join(f"{float(t):.0%} answered accuracy holds up to {v:.1%} coverage" for t, v in curve.items())
+            + ".",
+        ]
+    meta = res.get("meta")
+    if isinstance(meta, dict):
+        lines += [
+            "",
+            f"Open-set version's meta.json: {meta['meta_bytes']:,} bytes, of which the novelty model (low-rank "
+            f"Mahalanobis, float16/base64) {meta['novelty_bytes']:,}; reading it {meta['read_json_ms']} ms, "
+            f"reading and decoding the policy {meta['read_and_decode_policy_ms']} ms (decoded model cached by digest).",
+        ]
+    lat = res.get("latency")
+    if isinstance(lat, dict):
+        w, wo = lat["with"], lat["without"]
+        lines += [
+            "",
+            f"Classify cost of the novelty model (`--latency`: in-process, one ticket per call, {lat['n_indexed']:,} "
+            f"examples, {lat['requests_each']} interleaved calls each): p50 {w['classify_p50_ms']} ms with it, "
+            f"{wo['classify_p50_ms']} ms without (p99 {w['classify_p99_ms']} / {wo['classify_p99_ms']} ms); "
+            f"meta.json {lat['meta_bytes']['with']:,} / {lat['meta_bytes']['without']:,} bytes.",
         ]
     off = res.get("off_topic", [])
     n_unknown = sum(o["reason"] == "unknown" for o in off)

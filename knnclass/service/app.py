@@ -323,9 +323,11 @@ def create_app(classifier: Classifier, settings: ServiceSettings | None = None) 
     app.add_middleware(_Guard, settings=s, metrics=metrics)
 
     # --- auth ------------------------------------------------------------------------------
+    # (dependencies are coroutines: FastAPI runs plain functions on a thread pool, two thread
+    # hops per request for a few microseconds of work)
     who = "api:write" if s.api_key else "api"  # the name the label history records for writes (one write key)
 
-    def require_write(request: Request) -> None:
+    async def require_write(request: Request) -> None:
         if s.api_key is None:
             return
         key = _key_from(request)
@@ -334,7 +336,7 @@ def create_app(classifier: Classifier, settings: ServiceSettings | None = None) 
         if not _matches(key, s.api_key):
             raise _AuthError(403, "writes need the write key (KNNCLASS_API_KEY); this is not it")
 
-    def require_read(request: Request) -> None:
+    async def require_read(request: Request) -> None:
         if s.api_key is None and s.read_key is None:
             return
         key = _key_from(request)
@@ -406,10 +408,10 @@ def create_app(classifier: Classifier, settings: ServiceSettings | None = None) 
     # --- collections -------------------------------------------------------------------------
     siblings: dict[str, Classifier] = {classifier.collection: classifier}
 
-    def default_collection() -> Classifier:
+    async def default_collection() -> Classifier:
         return classifier
 
-    def named_collection(name: str) -> Classifier:
+    async def named_collection(name: str) -> Classifier:
         clf = siblings.get(name)
         if clf is None:
             validate_name(name)
@@ -422,10 +424,10 @@ def create_app(classifier: Classifier, settings: ServiceSettings | None = None) 
     ctx = RouteContext(
         engine, require_read, require_write, lambda m: _AuthError(403, m), who, s.snapshot_dir, runner, s.import_dir
     )
-    def default_name() -> str:
+    async def default_name() -> str:
         return classifier.collection
 
-    def valid_name(name: str) -> str:
+    async def valid_name(name: str) -> str:
         return validate_name(name)
 
     app.include_router(collection_router(ctx, default_collection, default_name), prefix="/v1")

@@ -39,8 +39,8 @@ class RouteContext:
     """What every route needs: the engine, the auth dependencies, who writes, where snapshots go."""
 
     engine: Engine
-    require_read: Callable[..., None]
-    require_write: Callable[..., None]
+    require_read: Callable[..., Any]
+    require_write: Callable[..., Any]
     forbidden: Callable[[str], Exception]
     who: str
     snapshot_dir: str | None
@@ -78,7 +78,7 @@ def example_out(e: Example) -> dict[str, Any]:
 
 
 def collection_router(
-    ctx: RouteContext, pick: Callable[..., Classifier], name_of: Callable[..., str], tag: str = ""
+    ctx: RouteContext, pick: Callable[..., Any], name_of: Callable[..., Any], tag: str = ""
 ) -> APIRouter:
     """The routes of one collection; `pick` is the FastAPI dependency resolving it, `name_of` its
     name alone (index jobs may create the collection)."""

@@ -46,7 +46,7 @@ it; re-run it to refresh its table (then `python benchmarks/assemble.py`).
 
 
 NOTES_FILE = RESULTS / "notes.json"
-RELIABILITY_EXTRA = ("backup",)  # hand-measured sections appended to RELIABILITY.md
+RELIABILITY_EXTRA = ("backup", "live")  # hand-measured sections appended to RELIABILITY.md
 
 
 def main() -> None:

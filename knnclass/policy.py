@@ -125,7 +125,8 @@ class Novelty:
         if st > 0:
             glob = glob + outside / st
         out = np.stack([cls, glob], axis=1)
-        return np.log1p(out)  # squared distances have a long tail; their logs suit the logistic map
+        logs: np.ndarray = np.log1p(out)  # squared distances have a long tail; their logs suit the logistic map
+        return logs
 
     def to_dict(self) -> dict[str, Any]:
         return {

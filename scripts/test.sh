@@ -5,5 +5,6 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 export HF_HUB_OFFLINE=1
 .venv/bin/ruff check knnclass tests benchmarks
-.venv/bin/mypy knnclass
+.venv/bin/ruff format --check knnclass tests benchmarks
+.venv/bin/mypy --strict knnclass
 .venv/bin/pytest -q "$@"

@@ -113,4 +113,5 @@ def serve(
     root = getattr(clf.store, "root", None) if settings.admin_token else None
     run_service(create_app(clf, settings), host, port, root, settings.admin_token, **run)
 
+
 COMMANDS = [serve]

@@ -424,6 +424,7 @@ def create_app(classifier: Classifier, settings: ServiceSettings | None = None) 
     ctx = RouteContext(
         engine, require_read, require_write, lambda m: _AuthError(403, m), who, s.snapshot_dir, runner, s.import_dir
     )
+
     async def default_name() -> str:
         return classifier.collection
 

@@ -18,9 +18,7 @@ from .base import CollectionMeta, Cond, Hit, Ref, Where
 
 __all__ = ["WIRE_TYPES", "decode", "encode", "register"]
 
-WIRE_TYPES: dict[str, type] = {
-    t.__name__: t for t in (Ref, Example, Hit, CollectionMeta, Where, Cond)
-}
+WIRE_TYPES: dict[str, type] = {t.__name__: t for t in (Ref, Example, Hit, CollectionMeta, Where, Cond)}
 
 
 def register(cls: type) -> type:

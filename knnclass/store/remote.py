@@ -24,8 +24,15 @@ from ..errors import KnnclassError, StoreError
 from ._wire import decode, encode
 from .base import CollectionMeta, Hit, Ref, Store, Where
 
-__all__ = ["ADMIN_HEADER", "SERVICE_FILE", "RemoteStore", "ServiceInfo", "find_service", "remove_service_file",
-           "write_service_file"]
+__all__ = [
+    "ADMIN_HEADER",
+    "SERVICE_FILE",
+    "RemoteStore",
+    "ServiceInfo",
+    "find_service",
+    "remove_service_file",
+    "write_service_file",
+]
 
 SERVICE_FILE = ".service.json"
 ADMIN_HEADER = "x-knnclass-admin"

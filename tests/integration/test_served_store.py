@@ -188,7 +188,9 @@ def test_admin_jobs_index_tune_promote_rollback_and_resume(tmp_path: Path, data_
         assert httpx.get(s.url + "/readyz").json()["version"] == "v2"
         assert httpx.post(s.url + "/v1/admin/rollback").json()["to"] == "v1"
         # a failing job says why
-        j = _wait_job(s, httpx.post(s.url + "/v1/jobs/tune", json={"validation": "more.csv", "unknown_label": "x"}).json()["id"])
+        j = _wait_job(
+            s, httpx.post(s.url + "/v1/jobs/tune", json={"validation": "more.csv", "unknown_label": "x"}).json()["id"]
+        )
         assert j["state"] == "failed" and "unknown" in j["error"]
         # a job interrupted by a crash runs again when the service restarts, and completes exactly
         _slice(data_dir / "train.csv", tmp_path / "big.csv", 40, skip=70)

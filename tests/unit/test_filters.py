@@ -12,7 +12,7 @@ from knnclass.errors import InputError
 from knnclass.store import CollectionMeta
 from knnclass.store.base import Where, infer_kind, to_payload_value
 
-from ._stores import BACKENDS, make_store
+from ._stores import make_store
 
 TOPICS = ["card", "transfer", "pin", "refund"]
 ENC = FakeEncoder(topics=TOPICS)

@@ -44,7 +44,9 @@ def test_each_collection_answers_from_its_own_examples(client: TestClient) -> No
 
 
 def test_examples_and_info_per_collection(client: TestClient) -> None:
-    r = client.post("/v1/collections/routing/examples", json={"examples": [{"id": "new", "text": "x", "label": "queue_a"}]})
+    r = client.post(
+        "/v1/collections/routing/examples", json={"examples": [{"id": "new", "text": "x", "label": "queue_a"}]}
+    )
     assert r.status_code == 200, r.text
     assert client.get("/v1/collections/routing/examples/new").json()["label"] == "queue_a"
     assert client.get("/v1/examples/new").status_code == 404  # not in the default collection

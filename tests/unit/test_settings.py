@@ -21,7 +21,13 @@ def test_defaults_env_and_overrides() -> None:
         collection="routing",
         qdrant_url=None,  # an unset flag changes nothing
     )
-    assert (s.store, s.collection, s.hnsw, s.wait_s, s.api_key) == ("/data/s", "routing", HnswSettings(ef=64), 2.5, None)
+    assert (s.store, s.collection, s.hnsw, s.wait_s, s.api_key) == (
+        "/data/s",
+        "routing",
+        HnswSettings(ef=64),
+        2.5,
+        None,
+    )
     assert s.with_(store=None, collection="x").store == "/data/s"
     with pytest.raises(InputError, match="KNNCLASS_QDRANT_SHARDS='two'"):
         Settings.from_env({"KNNCLASS_QDRANT_SHARDS": "two"})

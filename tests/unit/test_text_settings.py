@@ -25,7 +25,11 @@ def test_default_cleaning_is_stamped_and_applied_to_queries(tmp_path: Path) -> N
     clf = Classifier(EdgeStore(tmp_path / "s"), "tickets", encoder=FakeEncoder(topics=TOPICS))
     clf.index(_examples())
     clf.tune()
-    assert clf.meta().text == TextSettings().to_dict() == {"clean": "email", "long": "head", "fields": ["text"], "template": None}
+    assert (
+        clf.meta().text
+        == TextSettings().to_dict()
+        == {"clean": "email", "long": "head", "fields": ["text"], "template": None}
+    )
     p = clf.classify([EMAIL])[0][0]
     assert p.suggestion == "card"  # the quoted "transfer" thread is gone before embedding
     raw = Classifier(EdgeStore(tmp_path / "r"), "tickets", encoder=FakeEncoder(topics=TOPICS))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
@@ -355,6 +355,20 @@ def _scalar(key: Any, v: Any) -> str | float:
     if isinstance(v, bool) or not isinstance(v, str | int | float):
         raise InputError(f"filter on {key!r}: the value must be a string or a number, not {type(v).__name__}")
     return v
+
+
+def in_order(
+    ids: Sequence[str], records: Sequence[Any], vector_of: Callable[[Any], Any] | None
+) -> list[tuple[Example, np.ndarray | None]]:
+    """Retrieved point records as (example, vector) in the order of `ids`; missing ids are skipped."""
+    by_id = {r.payload["ext_id"]: r for r in records}
+    out: list[tuple[Example, np.ndarray | None]] = []
+    for i in ids:
+        r = by_id.get(i)
+        if r is not None:
+            vec = np.asarray(vector_of(r), dtype=np.float32) if vector_of is not None else None
+            out.append((Example.from_payload(r.payload, i), vec))
+    return out
 
 
 class Store(ABC):

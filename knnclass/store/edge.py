@@ -28,7 +28,7 @@ from ..errors import (
 )
 from ..settings import env
 from ._files import ProcessLock, atomic_write_text, read_json
-from .base import CollectionMeta, Hit, HnswSettings, Ref, Store, Where, validate_history_log, validate_name
+from .base import CollectionMeta, Hit, HnswSettings, Ref, Store, Where, in_order, validate_history_log, validate_name
 
 __all__ = ["EdgeStore"]
 
@@ -326,14 +326,7 @@ class EdgeStore(Store):
         if not ids:
             return []
         recs = self._shard(ref).retrieve([point_uuid(i) for i in ids], with_payload=True, with_vector=with_vectors)
-        by_id = {r.payload["ext_id"]: r for r in recs}
-        out = []
-        for i in ids:
-            r = by_id.get(i)
-            if r is not None:
-                vec = np.asarray(r.vector[VECTOR], dtype=np.float32) if with_vectors else None
-                out.append((Example.from_payload(r.payload, i), vec))
-        return out
+        return in_order(ids, recs, (lambda r: r.vector[VECTOR]) if with_vectors else None)
 
     def search(
         self,

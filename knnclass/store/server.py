@@ -20,7 +20,7 @@ import numpy as np
 
 from ..data import Example, point_uuid
 from ..errors import CollectionNotFoundError, InputError, StoreError
-from .base import CollectionMeta, Hit, HnswSettings, Ref, Store, Where, validate_history_log, validate_name
+from .base import CollectionMeta, Hit, HnswSettings, Ref, Store, Where, in_order, validate_history_log, validate_name
 
 __all__ = ["ServerStore"]
 
@@ -229,14 +229,7 @@ class ServerStore(Store):
         recs = self.client.retrieve(
             _physical(ref), [point_uuid(i) for i in ids], with_payload=True, with_vectors=with_vectors
         )
-        by_id = {r.payload["ext_id"]: r for r in recs}
-        out = []
-        for i in ids:
-            r = by_id.get(i)
-            if r is not None:
-                vec = np.asarray(r.vector, dtype=np.float32) if with_vectors else None
-                out.append((Example.from_payload(r.payload, i), vec))
-        return out
+        return in_order(ids, recs, (lambda r: r.vector) if with_vectors else None)
 
     def search(
         self,

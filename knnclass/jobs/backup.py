@@ -69,7 +69,10 @@ class ContentHash:
 
     def add(self, examples: Sequence[Example], vectors: np.ndarray) -> None:
         for e, v in zip(examples, vectors, strict=True):
-            h = hashlib.sha256(json.dumps([e.id, e.label, e.text], ensure_ascii=False).encode())
+            fields: list[Any] = [e.id, e.label, e.text]
+            if e.labels or e.meta:  # extra label sets and metadata count too (plain examples hash as before)
+                fields += [dict(sorted(e.labels.items())), dict(sorted(e.meta.items()))]
+            h = hashlib.sha256(json.dumps(fields, ensure_ascii=False).encode())
             h.update(np.asarray(v, dtype="<f4").tobytes())
             self._rows.append((e.id, h.digest()))
 
@@ -200,7 +203,10 @@ class Snapshot:
             lines = self._read(f"versions/{version}/points-{i:05d}.jsonl").decode("utf-8").splitlines()
             vecs = np.load(io.BytesIO(self._read(f"versions/{version}/vectors-{i:05d}.npy")), allow_pickle=False)
             try:
-                examples = [Example(d["id"], d["text"], d["label"]) for d in map(json.loads, lines)]
+                examples = [
+                    Example(d["id"], d["text"], d["label"], d.get("labels") or {}, d.get("meta") or {})
+                    for d in map(json.loads, lines)
+                ]
             except (KeyError, TypeError, ValueError) as e:
                 raise SnapshotError(f"{self.path}: version {version} part {i} is malformed ({e})") from None
             if len(examples) != len(vecs):
@@ -239,9 +245,7 @@ def _write_snapshot(src: _StoreSource, path: Path, progress: Progress | None) ->
             h = ContentHash()
             parts = 0
             for examples, vecs in src.batches(v.name):
-                lines = (
-                    json.dumps({"id": e.id, "text": e.text, "label": e.label}, ensure_ascii=False) for e in examples
-                )
+                lines = (json.dumps(_point(e), ensure_ascii=False) for e in examples)
                 put(f"versions/{v.name}/points-{parts:05d}.jsonl", ("\n".join(lines) + "\n").encode())
                 buf = io.BytesIO()
                 np.save(buf, np.ascontiguousarray(vecs, dtype="<f4"), allow_pickle=False)
@@ -598,3 +602,13 @@ def export_data(
     finally:
         tmp.unlink(missing_ok=True)
     return {"collection": name, "version": ref.version, "file": str(out), "examples": n, "vectors": with_vectors}
+
+
+def _point(e: Example) -> dict[str, Any]:
+    """A stored example as a snapshot line: extra label sets and metadata only where it has them."""
+    d: dict[str, Any] = {"id": e.id, "text": e.text, "label": e.label}
+    if e.labels:
+        d["labels"] = e.labels
+    if e.meta:
+        d["meta"] = e.meta
+    return d

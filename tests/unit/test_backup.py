@@ -383,3 +383,29 @@ def test_cli_snapshot_restore_copy_export(base: Path, tmp_path: Path) -> None:
     finally:
         held.close()
     assert r.exit_code == 5 and "in use by process" in r.stderr and not (tmp_path / "u.zip").exists()
+
+
+def test_label_sets_and_metadata_survive_snapshot_restore_and_copy(tmp_path: Path) -> None:
+    from knnclass.store import CollectionMeta
+
+    src = EdgeStore(tmp_path / "a")
+    meta = CollectionMeta(ENC.identity, "fake", ENC.dim, payload_schema={"product": "keyword", "n": "number"})
+    ref = src.create("tickets", meta)
+    ex = [
+        Example(
+            f"e{i}", f"{t} ticket {i}", t, {"priority": "urgent"} if i % 2 else {}, {"product": "cards", "n": 1.0 * i}
+        )
+        for i, t in enumerate(TOPICS * 3)
+    ]
+    src.upsert(ref, ex, ENC.embed([e.text for e in ex]))
+    snapshot(src, "tickets", tmp_path / "t.zip")
+    dst = EdgeStore(tmp_path / "b")
+    restore(dst, tmp_path / "t.zip")
+    got = {e.id: e for batch, _ in dst.scroll(dst.ref("tickets")) for e in batch}
+    assert [(got[e.id].labels, got[e.id].meta) for e in ex] == [(e.labels, e.meta) for e in ex]
+    srv = _server()
+    copy_collection(src, srv, "tickets")
+    copied = {e.id: e for batch, _ in srv.scroll(srv.ref("tickets")) for e in batch}
+    assert [(copied[e.id].labels, copied[e.id].meta) for e in ex] == [(e.labels, e.meta) for e in ex]
+    for st in (src, dst, srv):
+        st.close()

@@ -22,7 +22,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .._cpu import usable_cpus
 from ..classifier import Classifier
-from ..errors import CollectionNotFoundError, InputError, KnnclassError
+from ..errors import InputError, KnnclassError
 from ..settings import Settings
 from ..store import Store
 from ..store.base import validate_name
@@ -414,10 +414,7 @@ def create_app(classifier: Classifier, settings: ServiceSettings | None = None) 
     async def named_collection(name: str) -> Classifier:
         clf = siblings.get(name)
         if clf is None:
-            validate_name(name)
-            if classifier.store.current_version(name) is None:
-                have = ", ".join(classifier.store.list_collections()) or "none"
-                raise CollectionNotFoundError(f"no collection {name!r} in this store (collections: {have})")
+            classifier.store.ref(name)  # a clear 422 / 404 for an invalid or missing collection
             clf = siblings.setdefault(name, classifier.sibling(name))
         return clf
 

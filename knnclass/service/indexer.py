@@ -9,9 +9,7 @@ swap the copy in. `IndexBuilder.keep_up` does this by itself once enough live ad
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import os
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -19,6 +17,7 @@ from typing import Any
 
 from ..errors import StoreError
 from ..store import Ref, Store
+from .jobs import child_setup
 
 __all__ = ["IndexBuilder"]
 
@@ -64,7 +63,7 @@ class IndexBuilder:
                     str(build),
                     stdout=asyncio.subprocess.DEVNULL,
                     stderr=asyncio.subprocess.PIPE,
-                    preexec_fn=_lower_priority,
+                    preexec_fn=child_setup,
                 )
                 _, err = await proc.communicate()
             except BaseException:
@@ -105,8 +104,3 @@ class IndexBuilder:
                     await self.build(ref)
                 except StoreError as e:
                     log.warning("%s", e)
-
-
-def _lower_priority() -> None:
-    with contextlib.suppress(OSError):
-        os.nice(10)

@@ -24,7 +24,7 @@ from typing import Any
 from ..errors import ExampleNotFoundError, InputError
 from ..store._files import atomic_write_text
 
-__all__ = ["KINDS", "Job", "JobRunner"]
+__all__ = ["KINDS", "Job", "JobRunner", "child_setup"]
 
 KINDS = ("index", "tune", "promote")
 _DONE = ("done", "failed", "cancelled")
@@ -151,7 +151,7 @@ class JobRunner:
             stderr=asyncio.subprocess.PIPE,
             env=env,
             start_new_session=True,
-            preexec_fn=_child_setup,
+            preexec_fn=child_setup,
         )
         self._procs[job.id] = proc
         try:
@@ -182,9 +182,10 @@ def _terminate(proc: asyncio.subprocess.Process) -> None:
         os.killpg(proc.pid, signal.SIGTERM)
 
 
-def _child_setup() -> None:
-    """In the job's child: a lower CPU priority than serving, and SIGTERM when the service dies
-    (a killed service must not leave a job holding the store it restarts on; Linux only)."""
+def child_setup() -> None:
+    """In a child of the service (a job, an index build): a lower CPU priority than serving, and
+    SIGTERM when the service dies (a killed service must not leave a job holding the store it
+    restarts on, nor a build of a copy nobody will adopt; Linux only)."""
     with contextlib.suppress(OSError):
         os.nice(10)
     with contextlib.suppress(Exception):

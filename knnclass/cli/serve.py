@@ -8,8 +8,9 @@ from typing import Any
 
 import click
 
+from ..classifier import open_classifier
 from ..errors import InputError
-from ._common import encoder_option, open_classifier, settings_from, store_options
+from ._common import encoder_option, settings_from, store_options
 
 
 @click.command()
@@ -99,7 +100,7 @@ def serve(
         # admin jobs are recorded beside an embedded store (their children reach it through us)
         jobs_dir=str(Path(base.store).expanduser().resolve() / "jobs") if embedded else None,
     )
-    clf = open_classifier(encoder_dir=encoder_dir, create=False, **so)
+    clf = open_classifier(base)  # the settings read once above
     if isinstance(clf.store, RemoteStore):
         raise InputError(f"{so['store']} is already served by another `knnclass serve`; stop that one first")
     clf.ref()  # fail now, with a clear message, if the collection is missing

@@ -13,12 +13,26 @@ REPO = Path(__file__).resolve().parents[1]
 DATA = REPO / "data" / "banking77"
 RESULTS = REPO / "benchmarks" / "results"
 
-__all__ = ["DATA", "REPO", "RESULTS", "banking_rows", "expand_vectors", "pct", "save"]
+__all__ = ["DATA", "REPO", "RESULTS", "banking_csv", "banking_rows", "expand_vectors", "pct", "save"]
 
 
 def banking_rows() -> list[dict[str, str]]:
     """Train then test rows of the shipped Banking77 copy."""
     return [*csv.DictReader((DATA / "train.csv").open()), *csv.DictReader((DATA / "test.csv").open())]
+
+
+def banking_csv(path: Path, n: int, mark: str = "ticket", mark_all: bool = False) -> Path:
+    """`n` unique Banking77 tickets (text, category): the training texts, then copies marked
+    "(MARK k)"; with `mark_all` every text is marked, so the file shares no text with the others."""
+    rows = banking_rows()
+    with path.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["text", "category"])
+        for i in range(n):
+            r = rows[i % len(rows)]
+            marked = mark_all or i >= len(rows)
+            w.writerow([f"{r['text']} ({mark} {i // len(rows)})" if marked else r["text"], r["category"]])
+    return path
 
 
 def expand_vectors(base: np.ndarray, n: int, noise: float = 0.25, seed: int = 0) -> np.ndarray:

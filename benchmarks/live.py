@@ -26,23 +26,11 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from _common import DATA, banking_rows, pct, save
+from _common import DATA, banking_csv, pct, save
 
 from tests.integration._server import Server
 
 KNN = [sys.executable, "-m", "knnclass"]
-
-
-def _csv(path: Path, n: int, tag: str) -> Path:
-    """`n` unique Banking77 tickets: the training texts, then copies marked with `tag` and a number."""
-    rows = banking_rows()
-    with path.open("w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["text", "category"])
-        for i in range(n):
-            r = rows[i % len(rows)]
-            w.writerow([f"{r['text']} ({tag} {i // len(rows)})" if tag or i >= len(rows) else r["text"], r["category"]])
-    return path
 
 
 class Load:
@@ -117,12 +105,12 @@ def main() -> None:
     store = ["--store", str(work / "store")]
     res: dict[str, Any] = {"command": f"python benchmarks/live.py --n {args.n} --finetune-steps {args.finetune_steps}"}
     # before the service: the base collection and a fine-tuned run to promote later
-    res["setup_index_s"], _ = _cli(["index", str(_csv(work / "base.csv", args.n, "")), *store])
+    res["setup_index_s"], _ = _cli(["index", str(banking_csv(work / "base.csv", args.n)), *store])
     res["setup_tune_s"], _ = _cli(["tune", *store])
-    small = _csv(work / "small.csv", 2000, "")
+    small = banking_csv(work / "small.csv", 2000)
     ft = ["finetune", str(small), "--strategy", "full", "--epochs", "1", "--max-steps", str(args.finetune_steps)]
     res["setup_finetune_s"], _ = _cli([*ft, "--out", str(work / "run")])
-    more = _csv(work / "more.csv", args.n, "new")
+    more = banking_csv(work / "more.csv", args.n, "new", mark_all=True)
 
     s = Server(work / "store")
     s.wait_ready(timeout=600)

@@ -8,7 +8,6 @@ Loopback only; every loop is bounded in count and time. Writes benchmarks/result
 from __future__ import annotations
 
 import argparse
-import csv
 import itertools
 import json
 import os
@@ -28,23 +27,12 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from _common import RESULTS, banking_rows, pct, save
+from _common import RESULTS, banking_csv, banking_rows, pct, save
 
 from tests.fuzz_http import run_fuzz
 from tests.integration._server import Server, kill_9_during_live_adds, livez_while_adding, sigterm_under_load
 
 KNN = [sys.executable, "-m", "knnclass"]
-
-
-def _csv(path: Path, n: int) -> Path:
-    rows = banking_rows()
-    with path.open("w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["text", "category"])
-        for i in range(n):
-            r = rows[i % len(rows)]
-            w.writerow([r["text"] if i < len(rows) else f"{r['text']} (ticket {i // len(rows)})", r["category"]])
-    return path
 
 
 def _info(store: Path) -> dict[str, Any]:
@@ -53,7 +41,7 @@ def _info(store: Path) -> dict[str, Any]:
 
 
 def kill_during_index(work: Path, n: int, kills: int) -> dict[str, Any]:
-    src = _csv(work / "bulk.csv", n)
+    src = banking_csv(work / "bulk.csv", n)
     store = work / "bulk-store"
     rng = random.Random(3)
     killed, counts = 0, []
@@ -250,7 +238,7 @@ def lock_timing(work: Path) -> dict[str, Any]:
 
 
 def reimport(work: Path) -> dict[str, Any]:
-    src = _csv(work / "re.csv", 10_003)
+    src = banking_csv(work / "re.csv", 10_003)
     store = work / "re-store"
     counts, rules = [], []
     for _ in range(3):
@@ -276,7 +264,9 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="knnclass-rel-"))
     base = work / "base"
     subprocess.run(
-        [*KNN, "index", str(_csv(work / "base.csv", 10_003)), "--store", str(base)], capture_output=True, check=True
+        [*KNN, "index", str(banking_csv(work / "base.csv", 10_003)), "--store", str(base)],
+        capture_output=True,
+        check=True,
     )
     subprocess.run([*KNN, "tune", "--store", str(base)], capture_output=True, check=True)
     if args.only_overload:

@@ -60,13 +60,26 @@ def _checksum(st: Store, ref: Ref) -> str:
     return h.hexdigest()
 
 
-def _kill_during(cmd: list[str], started: Callable[[], bool], rng: random.Random, spread: float) -> bool:
-    """Run `cmd`, wait until `started()` shows it at work, then SIGKILL it after up to `spread` s."""
+def _work_s(cmd: list[str], started: Callable[[], bool]) -> float:
+    """Seconds `cmd` runs to completion after `started()` first holds (a kill must land inside them)."""
+    p = subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    while p.poll() is None and not started():
+        time.sleep(0.01)
+    t0 = time.monotonic()
+    assert p.wait(timeout=300) == 0
+    return time.monotonic() - t0
+
+
+def _kill_during(cmd: list[str], started: Callable[[], bool], rng: random.Random, work_s: float) -> bool:
+    """Run `cmd`, wait until `started()` shows it at work, then SIGKILL it within its measured `work_s`.
+
+    The kill falls at a random 5-70 % of the work, so it lands on a fast machine as on a slow one.
+    """
     p = subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
     while p.poll() is None and not started() and time.monotonic() < deadline:
-        time.sleep(0.02)
-    time.sleep(rng.uniform(0, spread))
+        time.sleep(0.01)
+    time.sleep(rng.uniform(0.05, 0.7) * work_s)
     killed = p.poll() is None
     if killed:
         p.send_signal(signal.SIGKILL)
@@ -101,13 +114,22 @@ def test_kill_9_during_snapshot_and_restore(tmp_path: Path, n: int, kills: int) 
     src = tmp_path / "src"
     sums = _source(src, n)
     snap = tmp_path / "t.zip"
+    scratch = tmp_path / "scratch"  # a clean run of each command times the work a kill must land in
+    snap_s = _work_s(
+        [*KNN, "snapshot", "--out", str(tmp_path / "s.zip"), "--store", str(src)],
+        lambda: any(tmp_path.glob(".s.zip.*.tmp")),
+    )
+    restore_s = _work_s(
+        [*KNN, "restore", str(tmp_path / "s.zip"), "--store", str(scratch)],
+        lambda: (scratch / "collections" / "tickets").exists(),
+    )
     killed = 0
     for _ in range(kills):  # the file is complete or absent, never half
         killed += _kill_during(
             [*KNN, "snapshot", "--out", str(snap), "--store", str(src)],
             lambda: any(tmp_path.glob(".t.zip.*.tmp")),
             rng,
-            0.6,
+            snap_s,
         )
         assert not snap.exists() or Snapshot(snap).manifest["collection"] == "tickets"
     _run("snapshot", "--out", str(snap), "--store", str(src))
@@ -118,7 +140,7 @@ def test_kill_9_during_snapshot_and_restore(tmp_path: Path, n: int, kills: int) 
             [*KNN, "restore", str(snap), "--store", str(dst)],
             lambda: (dst / "collections" / "tickets").exists(),
             rng,
-            1.0 if n < 5000 else 3.0,
+            restore_s,
         )
         st = EdgeStore(dst)  # usable: the collection is either absent or the whole snapshot
         try:
@@ -127,7 +149,7 @@ def test_kill_9_during_snapshot_and_restore(tmp_path: Path, n: int, kills: int) 
             st.close()
         if cur is not None:
             _check_target(dst, sums)
-    assert killed >= 2
+    assert killed == 2 * kills + 1
     _run("restore", str(snap), "--store", str(dst), "--replace")
     _check_target(dst, sums)
 
@@ -146,19 +168,24 @@ def test_kill_9_during_copy_then_resume(tmp_path: Path, target: str, n: int, kil
     src = tmp_path / "src"
     sums = _source(src, n)
     dst = tmp_path / "dst"
-    if target == "edge":
-        cmd = [*KNN, "copy", "--to-store", str(dst), "--store", str(src)]
-        started: Callable[[], bool] = lambda: (dst / "collections" / "tickets").exists()  # noqa: E731
-    else:  # the server backend on qdrant-client's persistent local mode, in a subprocess of its own
+
+    def command(to: Path) -> tuple[list[str], Callable[[], bool]]:
+        if target == "edge":
+            return [*KNN, "copy", "--to-store", str(to), "--store", str(src)], (
+                lambda: (to / "collections" / "tickets").exists()
+            )
+        # the server backend on qdrant-client's persistent local mode, in a subprocess of its own
         code = (
             "import sys\nfrom qdrant_client import QdrantClient\nfrom knnclass.store.edge import EdgeStore\n"
             "from knnclass.store.server import ServerStore\nfrom knnclass.jobs.backup import copy_collection\n"
             "src, dst = EdgeStore(sys.argv[1]), ServerStore(client=QdrantClient(path=sys.argv[2]))\n"
             "print(copy_collection(src, dst, 'tickets')['written'])\ndst.close()\nsrc.close()\n"
         )
-        cmd = [sys.executable, "-c", code, str(src), str(dst)]
-        started = lambda: (dst / "collection").exists()  # noqa: E731
-    killed = sum(_kill_during(cmd, started, rng, 1.0 if n < 5000 else 3.0) for _ in range(kills))
+        return [sys.executable, "-c", code, str(src), str(to)], lambda: (to / "collection").exists()
+
+    work_s = _work_s(*command(tmp_path / "scratch"))
+    cmd, started = command(dst)
+    killed = sum(_kill_during(cmd, started, rng, work_s) for _ in range(kills))
     assert killed >= 1
     r = subprocess.run(cmd if target == "server" else [*cmd, "--json"], env=ENV, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-2000:]

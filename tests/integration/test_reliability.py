@@ -48,18 +48,34 @@ def _count(store: Path) -> int:
     return int(json.loads(r.stdout)["count"])
 
 
+def _mid_way(progress: Path) -> bool:
+    """The progress file shows some but not all tickets indexed."""
+    import json
+
+    try:
+        d = json.loads(progress.read_text())
+    except (OSError, ValueError):
+        return False
+    return 0 < int(d["done"]) < int(d["total"])
+
+
 def _kill_and_resume(real_encoder, tmp_path: Path, data_dir: Path, n: int, kills: int) -> None:  # type: ignore[no-untyped-def]
     src = _file(data_dir, tmp_path / "t.csv", n)
     store = tmp_path / "store"
     rng = random.Random(7)
     killed = 0
+    progress = tmp_path / "progress.json"
     for _ in range(kills):
+        progress.unlink(missing_ok=True)
         p = subprocess.Popen(
             [*KNN, "index", str(src), "--store", str(store), "--batch-size", "64"],
+            env={**os.environ, "KNNCLASS_PROGRESS_FILE": str(progress)},
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        time.sleep(rng.uniform(1.5, 6.0))
+        while p.poll() is None and not _mid_way(progress):  # at work, however fast the machine
+            time.sleep(0.01)
+        time.sleep(rng.uniform(0, 0.5))
         if p.poll() is None:
             p.send_signal(signal.SIGKILL)
             killed += 1

@@ -299,6 +299,9 @@ def promote(run_dir: Path, batch_size: int, served: str, as_json: bool, **so: An
     click.echo(
         f"serving {rule}; vote rule {res['rule']} (tuned: {res['tuning']['mode']}, score {res['tuning']['best']['score']:.4f})"
     )
+    for name, t in list(res["label_sets"].items())[1:]:
+        b = t["best"]
+        click.echo(f"label set {name}: {b['vote']} vote of k={b['k']} (tuned: {t['mode']}, score {b['score']:.4f})")
 
 
 @click.command()

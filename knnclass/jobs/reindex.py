@@ -48,17 +48,21 @@ def run_encoder_dir(run_dir: str | Path) -> Path:
     return out
 
 
-def _validation_for(run_dir: Path, labels: set[str]) -> tuple[str, list[Example]] | None:
-    """The run's validation examples for the label set the collection holds, if any task matches."""
+def _validation_for(run_dir: Path, labels: set[str], name: str | None = None) -> tuple[str, list[Example]] | None:
+    """The run's validation examples for a label set of the collection: the run's task of the
+    set's `name` when it has one, else the task whose labels overlap the set's most (half at least).
+    Rows whose label the set does not hold are left out."""
     path = run_dir / "validation.csv"
     if not path.exists():
         return None
-    run = read_run(run_dir)
+    tasks = list(read_run(run_dir).get("tasks", []))
+    if name in tasks:
+        tasks = [name]
     best: tuple[str, list[Example]] | None = None
     best_overlap = 0.0
-    for task in run.get("tasks", []):
-        exs = read_examples(path, "text", task)
-        overlap = len({e.label for e in exs} & labels) / max(1, len(labels))
+    for task in tasks:
+        exs = [e for e in read_examples(path, "text", task) if e.label in labels]
+        overlap = len({e.label for e in exs}) / max(1, len(labels))
         if overlap > best_overlap:
             best, best_overlap = (task, exs), overlap
     return best if best_overlap >= 0.5 else None
@@ -92,21 +96,34 @@ def promote(
     if n_old < 2:
         raise InputError(f"collection {collection!r} holds {n_old} example(s); nothing to promote")
     extra = {**old_meta.extra, "run": str(run_dir.resolve()), "strategy": run.get("strategy"), "previous": old.version}
-    meta = CollectionMeta(encoder.identity, encoder.source, encoder.dim, extra=extra, text=old_meta.text)
+    # the new version keeps what the collection is (text, label sets, metadata columns), not what was tuned
+    meta = CollectionMeta(
+        encoder.identity,
+        encoder.source,
+        encoder.dim,
+        extra=extra,
+        text=old_meta.text,
+        label_sets=old_meta.label_sets,
+        payload_schema=old_meta.payload_schema,
+    )
     new = store.create_version(collection, meta)
     text = TextSettings.from_meta(old_meta.text)  # the new version cleans and shortens as the old one did
     try:
-        labels: set[str] = set()
+        names = old_meta.set_names()
+        labels: dict[str, set[str]] = {name: set() for name in names}
         for examples, _ in store.scroll(old, batch_size):
             store.upsert(new, examples, embed_text(encoder, [e.text for e in examples], text))
-            labels.update(e.label for e in examples)
+            for e in examples:
+                labels[names[0]].add(e.label)
+                for name, lab in e.labels.items():
+                    labels.setdefault(name, set()).add(lab)
             if progress:
                 progress(len(examples))
         store.optimize(new)
         n = store.count(new)
         if n != n_old:
             raise InputError(f"reindexed {n} of {n_old} examples; the old version changed while promoting? retry")
-        tuned, head_info = _retune(store, new, encoder, run_dir, labels, use_head)
+        tuned, head_info = _retune(store, new, encoder, run_dir, names[0], labels[names[0]], use_head)
         if use_head and head_info is None:
             raise InputError(
                 f"{run_dir}: no head to serve (rule head): the run has none whose labels cover the collection's"
@@ -115,7 +132,9 @@ def promote(
         if head_info and head_info["serve"]:
             extra = {**store.get_meta(new).extra, "head_task": head_info["task"]}
             changes = {"head": str((run_dir / HEADS_FILE).resolve()), "extra": extra}
-        Classifier(store, collection, encoder=encoder).stamp(new, tuned, **changes)
+        clf = Classifier(store, collection, encoder=encoder)
+        clf.stamp(new, tuned, **changes)
+        sets = {name: _retune_set(clf, new, run_dir, name, labels[name]) for name in names[1:]}
         store.switch(collection, new.version)
     except BaseException:
         store.drop_version(new)
@@ -128,21 +147,30 @@ def promote(
         "encoder": encoder.identity,
         "rule": tuned.best.rule.to_dict(),
         "tuning": tuned.summary(),
+        "label_sets": {names[0]: tuned.summary(), **sets},
         "head": head_info,
         "seconds": round(time.perf_counter() - t0, 2),
     }
 
 
+def _retune_set(clf: Classifier, ref: Ref, run_dir: Path, name: str, labels: set[str]) -> dict[str, Any]:
+    """Re-tune extra label set `name` of version `ref` (on the run's task for it, if any) and stamp it."""
+    view = clf.for_set(name, clf.meta(ref))
+    val = _validation_for(run_dir, labels, name)
+    tuned = view.tune_version(ref, val[1] if val else None)
+    view.stamp(ref, tuned)
+    return tuned.summary()
+
+
 def _retune(
-    store: Store, ref: Ref, encoder: Encoder, run_dir: Path, labels: set[str], use_head: bool | None
+    store: Store, ref: Ref, encoder: Encoder, run_dir: Path, name: str, labels: set[str], use_head: bool | None
 ) -> tuple[TuningResult, dict[str, Any] | None]:
     """Rule and calibration on the run's validation split (leave-one-out without one); head vs kNN."""
     clf = Classifier(store, ref.name, encoder=encoder)
-    val = _validation_for(run_dir, labels)
+    val = _validation_for(run_dir, labels, name)
     if val is None:
         return clf.tune_version(ref, None), None
     task, exs = val
-    exs = [e for e in exs if e.label in labels]
     tuned = clf.tune_version(ref, exs)
     heads_path = run_dir / HEADS_FILE
     if not heads_path.exists():

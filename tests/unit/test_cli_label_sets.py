@@ -109,3 +109,25 @@ def test_index_tune_evaluate_classify_with_sets_and_filters(tmp_path: Path) -> N
     assert r.exit_code != 0 and "'created_at' holds dates" in r.output
     r = CliRunner().invoke(cli, ["index", str(src), "--label-col", "queue", *store])
     assert r.exit_code != 0 and "label sets queue, priority" in r.output
+
+
+def test_promote_keeps_both_label_sets_and_filters(tmp_path: Path) -> None:
+    store = ["--store", str(tmp_path / "s")]
+    src = _write(tmp_path / "t.csv")
+    cols = ["--text-col", "subject", "--text-col", "body", "--id-col", "id"]
+    run("index", str(src), *cols, "--label-col", "queue", "--label-col", "priority", "--meta-col", "product", *store)
+    run("tune", *store)
+    rundir = tmp_path / "run"  # a transfer run: the frozen (here: fake) encoder, validation of both tasks
+    rundir.mkdir()
+    with (rundir / "validation.csv").open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["text", "queue", "priority"])
+        for t in TOPICS:
+            w.writerow([f"{t} help\n\nabout {t}", t, "urgent" if t in URGENT else "normal"])
+    info = {"format": 1, "strategy": "transfer", "tasks": ["queue", "priority"], "encoder": str(tmp_path)}
+    (rundir / "run.json").write_text(json.dumps(info))
+    out = run("promote", str(rundir), *store)
+    assert "v1 -> v2" in out and "label set priority:" in out
+    js = json.loads(run("classify", "pin help", "--where", "product=cards", "--json", *store))
+    p = js["predictions"][0]
+    assert set(p["labels"]) == {"queue", "priority"} and p["labels"]["priority"]["suggestion"] == "urgent"

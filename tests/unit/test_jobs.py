@@ -188,6 +188,41 @@ def test_promote_rollback_prune(tmp_path: Path) -> None:
     st.close()
 
 
+def test_promote_keeps_label_sets_and_metadata_and_retunes_each_set(tmp_path: Path) -> None:
+    from knnclass.store.base import Where
+
+    enc_a, enc_b = NamedFake("fake-a", topics=TOPICS), NamedFake("fake-b", dim=24, topics=TOPICS, pull=4.0)
+    urgency = {"card": "urgent", "transfer": "normal", "pin": "urgent"}
+    ex = [
+        Example(e.id, e.text, e.label, labels={"priority": urgency[e.label]}, meta={"product": e.label[0]})
+        for e in _examples()
+    ]
+    st = EdgeStore(tmp_path / "store")
+    clf = Classifier(st, "tickets", encoder=enc_a)
+    clf.index(ex, label_sets=["category", "priority"])
+    clf.tune_all()
+    run = _run_dir(tmp_path)
+    val = TaskSet(
+        [f"{t} help please {i}" for t in TOPICS for i in range(3)],
+        {"category": [t for t in TOPICS for _ in range(3)], "priority": [urgency[t] for t in TOPICS for _ in range(3)]},
+    )
+    val.write_csv(run / "validation.csv")
+    info = json.loads((run / "run.json").read_text())
+    (run / "run.json").write_text(json.dumps({**info, "tasks": ["category", "priority"]}))
+    res = promote(st, "tickets", run, encoder=enc_b)
+    assert set(res["label_sets"]) == {"category", "priority"}
+    assert res["label_sets"]["priority"]["mode"] == "validation"  # tuned on the run's priority task
+    meta = st.get_meta(st.ref("tickets"))
+    assert meta.label_sets == ["category", "priority"] and meta.payload_schema == {"product": "keyword"}
+    assert meta.sets and meta.sets["priority"]["rule"] and meta.sets["priority"]["policy"]
+    new = Classifier(st, "tickets", encoder=enc_b)
+    preds, ref, _ = new.classify(["my card is lost", "pin reset"], where=Where.parse(["product=c"]))
+    assert ref.version == "v2"
+    assert [p.sets["priority"].suggestion for p in preds] == ["urgent", "urgent"]
+    assert all(n.id.startswith("card-") for p in preds for n in p.neighbours)  # the filter still resolves
+    st.close()
+
+
 def test_rollback_skips_a_version_left_by_a_killed_promote(tmp_path: Path) -> None:
     enc_a, enc_b = NamedFake("fake-a", topics=TOPICS), NamedFake("fake-b", dim=24, topics=TOPICS)
     st = EdgeStore(tmp_path / "store")

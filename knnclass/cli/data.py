@@ -140,7 +140,8 @@ def copy(
 @click.option("--with-vectors", is_flag=True, help="Also write each example's stored vector.")
 @store_options
 def export_data(output: Path, with_vectors: bool, **so: Any) -> None:
-    """Write every stored example of the current version (id, text, label) to a file."""
+    """Write every stored example of the current version to a file: id, text, each label set,
+    the metadata columns (it indexes back with the same --label-col / --meta-col)."""
     from ..jobs.backup import export_data as export
 
     clf = open_classifier(create=False, **so)

@@ -534,8 +534,10 @@ EXPORT_FORMATS = (".csv", ".jsonl", ".parquet")
 def export_data(
     store: Store, name: str, out: str | Path, with_vectors: bool = False, progress: Progress | None = None
 ) -> dict[str, Any]:
-    """Every stored example of the current version (id, text, label, optionally the vector) as CSV, JSONL or
-    Parquet (by `out`'s suffix; Parquet needs pyarrow). The file appears complete or not at all."""
+    """Every stored example of the current version as CSV, JSONL or Parquet (by `out`'s suffix; Parquet
+    needs pyarrow): id, text, one column per label set (named as when indexed), the metadata
+    columns, optionally the vector. The file appears complete or not at all, and indexes back
+    with the same `--label-col`s and `--meta-col`s."""
     import csv
 
     out = Path(out)
@@ -551,28 +553,44 @@ def export_data(
     if not out.parent.is_dir():
         raise InputError(f"{out.parent}: no such directory")
     ref = store.ref(name)
-    dim = store.get_meta(ref).dim
+    meta = store.get_meta(ref)
+    sets, metas = meta.set_names(), list(meta.payload_schema or {})
+    columns = ["id", "text", *sets, *metas, *(["vector"] if with_vectors else [])]
+    clash = sorted({c for c in columns if columns.count(c) > 1})
+    if clash:
+        raise InputError(f"collection {name!r}: label set / metadata column {clash[0]!r} clashes with another column")
+
+    def rows(examples: list[Example], vecs: np.ndarray | None) -> list[dict[str, Any]]:
+        out_rows = []
+        for i, e in enumerate(examples):
+            row: dict[str, Any] = {"id": e.id, "text": e.text, sets[0]: e.label}
+            row.update({s: e.labels.get(s) for s in sets[1:]})
+            row.update({c: e.meta.get(c) for c in metas})
+            if vecs is not None:
+                row["vector"] = vecs[i]
+            out_rows.append(row)
+        return out_rows
+
     _remove_stale_temps(out)
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     n = 0
     try:
         batches = store.scroll(ref, 4096, with_vectors=with_vectors)
         if kind == ".parquet":
-            fields = [("id", pa.string()), ("text", pa.string()), ("label", pa.string())]
-            if with_vectors:
-                fields.append(("vector", pa.list_(pa.float32(), dim)))
-            schema = pa.schema(fields)
+            kinds = {"number": pa.float64()}
+            schema = pa.schema(
+                [(c, pa.string()) for c in ["id", "text", *sets]]
+                + [(c, kinds.get((meta.payload_schema or {})[c], pa.string())) for c in metas]
+                + ([("vector", pa.list_(pa.float32(), meta.dim))] if with_vectors else [])
+            )
             with pq.ParquetWriter(tmp, schema) as w:
                 for examples, vecs in batches:
-                    cols: list[Any] = [
-                        [e.id for e in examples],
-                        [e.text for e in examples],
-                        [e.label for e in examples],
-                    ]
+                    batch = rows(examples, None)
+                    cols: list[Any] = [[r[c] for r in batch] for c in columns if c != "vector"]
                     if with_vectors:
                         assert vecs is not None
                         flat = pa.array(np.ascontiguousarray(vecs, dtype=np.float32).ravel(), pa.float32())
-                        cols.append(pa.FixedSizeListArray.from_arrays(flat, dim))
+                        cols.append(pa.FixedSizeListArray.from_arrays(flat, meta.dim))
                     w.write_table(pa.Table.from_arrays(cols, schema=schema))
                     n += len(examples)
                     if progress:
@@ -581,18 +599,18 @@ def export_data(
             with tmp.open("w", newline="", encoding="utf-8") as f:
                 writer = csv.writer(f) if kind == ".csv" else None
                 if writer is not None:
-                    writer.writerow(["id", "text", "label", *(["vector"] if with_vectors else [])])
+                    writer.writerow(columns)
                 for examples, vecs in batches:
-                    for i, e in enumerate(examples):
-                        row: dict[str, Any] = {"id": e.id, "text": e.text, "label": e.label}
-                        if vecs is not None:
-                            row["vector"] = vecs[i].tolist()
+                    for row in rows(examples, vecs):
+                        if "vector" in row:
+                            row["vector"] = row["vector"].tolist()
                         if writer is not None:
                             writer.writerow(
-                                [*row.values()][:3] + ([json.dumps(row["vector"])] if vecs is not None else [])
+                                [json.dumps(v) if c == "vector" else ("" if v is None else v) for c, v in row.items()]
                             )
                         else:
-                            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+                            f.write(json.dumps({k: v for k, v in row.items() if v is not None}, ensure_ascii=False))
+                            f.write("\n")
                     n += len(examples)
                     if progress:
                         progress(len(examples))
@@ -601,7 +619,14 @@ def export_data(
         os.replace(tmp, out)
     finally:
         tmp.unlink(missing_ok=True)
-    return {"collection": name, "version": ref.version, "file": str(out), "examples": n, "vectors": with_vectors}
+    return {
+        "collection": name,
+        "version": ref.version,
+        "file": str(out),
+        "examples": n,
+        "vectors": with_vectors,
+        "columns": columns,
+    }
 
 
 def _point(e: Example) -> dict[str, Any]:

@@ -131,3 +131,44 @@ def test_promote_keeps_both_label_sets_and_filters(tmp_path: Path) -> None:
     js = json.loads(run("classify", "pin help", "--where", "product=cards", "--json", *store))
     p = js["predictions"][0]
     assert set(p["labels"]) == {"queue", "priority"} and p["labels"]["priority"]["suggestion"] == "urgent"
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".jsonl", ".parquet"])
+def test_export_data_carries_label_sets_and_metadata_and_indexes_back(tmp_path: Path, suffix: str) -> None:
+    from knnclass.store.edge import EdgeStore
+
+    src = _write(tmp_path / "t.csv")
+    sets = ["--label-col", "queue", "--label-col", "priority"]
+    metas = ["--meta-col", "product", "--meta-col", "created_at"]
+    a, b = tmp_path / "a", tmp_path / "b"
+    run(
+        "index",
+        str(src),
+        "--text-col",
+        "subject",
+        "--text-col",
+        "body",
+        "--id-col",
+        "id",
+        *sets,
+        *metas,
+        "--store",
+        str(a),
+    )
+    out = tmp_path / f"x{suffix}"
+    run("export-data", "--output", str(out), "--store", str(a))
+    if suffix == ".csv":
+        header = next(csv.reader(out.open()))
+        assert header == ["id", "text", "queue", "priority", "product", "created_at"]
+    run("index", str(out), "--text-col", "text", "--id-col", "id", *sets, *metas, "--store", str(b))
+
+    def stored(path: Path) -> dict[str, tuple[str, str, dict[str, str], dict[str, object]]]:
+        st = EdgeStore(path)
+        try:
+            return {e.id: (e.text, e.label, e.labels, e.meta) for ex, _ in st.scroll(st.ref("tickets")) for e in ex}
+        finally:
+            st.close()
+
+    before, after = stored(a), stored(b)
+    assert len(before) == 4 * 12 and after == before
+    assert sum("priority" not in v[2] for v in before.values()) == 4  # a row without a priority stays without

@@ -6,12 +6,23 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from ..errors import InputError
-from ._common import INPUT_FILE, ProgressBar, emit_json, open_classifier, store_options, text_col_option
+from ._common import (
+    INPUT_FILE,
+    ProgressBar,
+    emit_json,
+    open_classifier,
+    store_options,
+    text_source,
+    text_source_options,
+)
+
+if TYPE_CHECKING:
+    from ..data import TextSource
 
 _STRATEGIES = ("full", "last-layer", "transfer", "knn", "contrastive")
 _LOSSES = ("batch-all", "supcon", "mnrl", "batch-hard-soft")  # = jobs.settings.LOSSES (default first)
@@ -44,7 +55,7 @@ def _data_options(f: Any) -> Any:
             help="Labelled validation file (default: carve --val-fraction).",
         ),
         click.option("--val-fraction", default=0.1, show_default=True, type=click.FloatRange(0.01, 0.5)),
-        text_col_option,
+        text_source_options,
         click.option(
             "--label-col",
             "label_cols",
@@ -153,17 +164,23 @@ def _data_options(f: Any) -> Any:
     return f
 
 
+def _text(kw: dict[str, Any]) -> TextSource:
+    """The composition --text-col / --text-template ask for (popped from `kw`)."""
+    return text_source(kw.pop("text_cols"), kw.pop("text_template"))
+
+
 def _prepare(train_path: Path, kw: dict[str, Any]) -> tuple[Any, Any, Any]:
     from ..jobs.finetune import FinetuneSettings, load_tasks, split_validation
 
     maps = _label_maps(kw.pop("label_maps"))
     cols = kw.pop("label_cols")
-    text_col = kw.pop("text_col")
-    data = load_tasks(train_path, text_col, cols, maps)
+    src = _text(kw)
+    delimiter = kw.pop("delimiter")
+    data = load_tasks(train_path, src, cols, maps, delimiter)
     validation = kw.pop("validation")
     fraction = kw.pop("val_fraction")
     if validation is not None:
-        train, val = data, load_tasks(validation, text_col, cols, maps)
+        train, val = data, load_tasks(validation, src, cols, maps, delimiter)
     else:
         train, val = split_validation(data, fraction, kw["seed"])
     try:
@@ -248,9 +265,9 @@ def compare(train: Path, strategies: str, test: Path | None, as_json: bool, **kw
     out = kw.pop("out") or Path("runs") / f"compare-{time.strftime('%Y%m%d-%H%M%S')}"
     base_model = kw.pop("base_model")
     maps = _label_maps(kw["label_maps"])
-    cols, text_col = kw["label_cols"], kw["text_col"]
+    cols, src, delimiter = kw["label_cols"], _text(dict(kw)), kw["delimiter"]
     tr, val, settings = _prepare(train, kw)
-    test_set = load_tasks(test, text_col, cols, maps) if test else None
+    test_set = load_tasks(test, src, cols, maps, delimiter) if test else None
     report = run_compare(tr, val, out, chosen, settings, test=test_set, base_model=base_model, log=_log)
     if as_json:
         emit_json(report)

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..data import Example, read_examples, read_label_map
+from ..data import Example, TextSource, read_examples, read_label_map
 from ..errors import InputError
 
 __all__ = ["TaskSet", "load_tasks", "split_validation"]
@@ -43,14 +43,17 @@ class TaskSet:
 
 def load_tasks(
     path: Path,
-    text_col: str = "text",
+    text_col: str | Sequence[str] | TextSource = "text",
     label_cols: Sequence[str] = ("category",),
     label_maps: dict[str, Path] | None = None,
+    delimiter: str | None = None,
 ) -> TaskSet:
-    """Read one task per label column, plus one per label map (applied to the first column)."""
+    """Read one task per label column, plus one per label map (applied to the first column).
+
+    `text_col` names the text column, several (joined in order) or a `TextSource` template."""
     if not label_cols:
         raise InputError("at least one label column is needed")
-    by_col = {c: read_examples(path, text_col, c) for c in label_cols}
+    by_col = {c: read_examples(path, text_col, c, delimiter=delimiter) for c in label_cols}
     first = by_col[label_cols[0]]
     texts = [e.text for e in first]
     labels: dict[str, list[str]] = {}

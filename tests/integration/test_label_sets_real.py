@@ -116,3 +116,25 @@ def test_two_label_sets_and_filters_end_to_end(tmp_path: Path, data_dir: Path, r
         )
         assert set(p[0].sets) == {"queue", "priority"}
         server.close()
+
+
+def test_multi_task_run_on_composed_text_feeds_the_same_collection(
+    tmp_path: Path, data_dir: Path, real_encoder: Any
+) -> None:
+    """finetune reads subject + body and both label columns; promote serves both sets from the run."""
+    train = _tickets(data_dir, "train", 12, tmp_path / "train.csv")
+    store = ["--store", str(tmp_path / "s")]
+    text = ["--text-col", "subject", "--text-col", "body"]
+    sets = ["--label-col", "queue", "--label-col", "priority"]
+    _run("index", str(train), *text, "--id-col", "id", *sets, "--meta-col", "product", *store)
+    _run("tune", *store)
+    run = tmp_path / "run"
+    _run("finetune", str(train), "--strategy", "transfer", *text, *sets, "--out", str(run))
+    rows = list(csv.DictReader((run / "validation.csv").open()))
+    assert rows and all(r["text"].count("\n\n") >= 1 for r in rows)  # the composed text, as indexed
+    res = json.loads(_run("promote", str(run), "--json", *store))
+    assert set(res["label_sets"]) == {"queue", "priority"}
+    assert res["label_sets"]["priority"]["mode"] == "validation"
+    js = json.loads(_run("classify", "my card has not arrived yet", "--where", "product=cards", "--json", *store))
+    labels = js["predictions"][0]["labels"]
+    assert labels["queue"]["suggestion"] == "card_arrival" and labels["priority"]["suggestion"]

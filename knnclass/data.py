@@ -367,7 +367,7 @@ def read_examples(
         if is_blank(text):
             raise InputError(f"{path}:{n}: empty text")
         if is_blank(label):
-            raise InputError(f"{path}:{n}: empty label")
+            raise InputError(f"{path}:{n}: empty label in column {label_col!r}")
         primary_map = maps.get(names[0])
         if primary_map is not None:
             if label not in primary_map:

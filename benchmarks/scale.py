@@ -85,9 +85,10 @@ import numpy as np
 t0 = time.perf_counter()
 from knnclass.store import HnswSettings
 from knnclass.store.edge import EdgeStore
-st = EdgeStore(sys.argv[1], create=False, hnsw=HnswSettings(ef=int(sys.argv[3])))
+hnsw = HnswSettings(ef=None if sys.argv[3] == "auto" else int(sys.argv[3]))
+st = EdgeStore(sys.argv[1], create=False, hnsw=hnsw)
 ref = st.ref("tickets")
-st.count(ref)
+ef_used = hnsw.search_ef(st.count(ref), 10)
 q = np.load(sys.argv[2])
 st.search(ref, q[:1], 10)
 reopen = time.perf_counter() - t0
@@ -103,11 +104,11 @@ gap = float(np.median([e[9].score - e[10].score for e in exact]))
 rss = next(int(l.split()[1]) / 1024 for l in open("/proc/self/status") if l.startswith("VmRSS:"))
 print(json.dumps({"reopen_s": reopen, "p50_ms": float(np.percentile(lat, 50)) * 1e3,
                   "p99_ms": float(np.percentile(lat, 99)) * 1e3, "recall_at_10": recall,
-                  "recall_at_10_eps": recall_eps, "median_gap_10_11": gap, "rss_mb": rss}))
+                  "recall_at_10_eps": recall_eps, "median_gap_10_11": gap, "rss_mb": rss, "ef_used": ef_used}))
 """
 
 
-def probe(path: Path, queries: Path, ef: int) -> dict[str, Any]:
+def probe(path: Path, queries: Path, ef: str) -> dict[str, Any]:
     r = subprocess.run(
         [sys.executable, "-c", _PROBE, str(path), str(queries), str(ef)], capture_output=True, text=True, check=True
     )
@@ -148,7 +149,7 @@ def main() -> None:
     ap.add_argument("--queries", type=int, default=500)
     ap.add_argument("--m", type=int, default=32)
     ap.add_argument("--ef-construct", type=int, default=256)
-    ap.add_argument("--ef", type=int, nargs="+", default=[128, 256, 512])
+    ap.add_argument("--ef", nargs="+", default=["auto", "128", "512"], help="query ef values; auto: scaled to the size")
     ap.add_argument("--quantize", action="store_true", help="scalar int8 quantisation of stored vectors")
     ap.add_argument("--name", default="scale", help="results file name under benchmarks/results/")
     args = ap.parse_args()
@@ -171,7 +172,7 @@ def main() -> None:
         b = build(path, vecs, args.m, args.ef_construct, args.quantize)
         b["disk_mb"] = round(_du(path) / 2**20, 1)
         b["disk_mb_per_million"] = round(b["disk_mb"] * 1e6 / n, 1)
-        b["probes"] = {ef: probe(path, qpath, ef) for ef in args.ef}
+        b["probes"] = {ef: probe(path, qpath, ef) for ef in args.ef}  # "auto" or a number, as given
         res["sizes"][n] = b
         print(json.dumps({n: b}), flush=True)
         del vecs
@@ -187,8 +188,10 @@ def main() -> None:
     ]
     for n, b in res["sizes"].items():
         for ef, p in b["probes"].items():
+            shown = f"auto ({p['ef_used']})" if ef == "auto" else ef
             lines.append(
-                f"| Qdrant Edge (embedded) | {n:,} | {b['upsert_per_s']:,} | {b['hnsw_build_s']} | {ef} | {p['p50_ms']:.2f} | "
+                f"| Qdrant Edge (embedded) | {n:,} | {b['upsert_per_s']:,} | {b['hnsw_build_s']} | "
+                f"{shown} | {p['p50_ms']:.2f} | "
                 f"**{p['p99_ms']:.2f}** | **{p['recall_at_10']:.4f}** | **{p['recall_at_10_eps']:.4f}** | {p['median_gap_10_11']:.5f} | {p['reopen_s']:.2f} | {p['rss_mb']:.0f} | {b['disk_mb_per_million']:,} |"
             )
     bl = res["baseline_qdrant_client_local"]
@@ -198,7 +201,7 @@ def main() -> None:
     )
     small = res["sizes"].get(100_000)
     if small:
-        p = small["probes"][max(args.ef)]
+        p = small["probes"][args.ef[-1]]
         lines += [
             "",
             f"At 100k the embedded store answers a query {bl['p50_ms'] / p['p50_ms']:.0f}× faster (p50) than "

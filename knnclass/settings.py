@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from .errors import InputError
@@ -32,7 +32,7 @@ ENV: dict[str, str] = {
     "WAIT": "seconds to wait for an embedded store another command holds",
     "HNSW_M": "HNSW m of new collection versions",
     "HNSW_EF_CONSTRUCT": "HNSW ef_construct of new collection versions",
-    "HNSW_EF": "HNSW ef at query time",
+    "HNSW_EF": "HNSW ef at query time (default: scaled to the collection size)",
     "API_KEY": "the service's write key (also reads)",
     "READ_KEY": "the service's read-only key",
     "MAX_IN_FLIGHT": "requests in progress beyond which the service answers 429",
@@ -84,11 +84,8 @@ class Settings:
         """Defaults, then KNNCLASS_* from `environ` (default os.environ), then `overrides` (not None)."""
         d = cls()
 
-        def get(name: str) -> str | None:
-            return env(name, None, environ)
-
-        def num(name: str, default: Any, kind: type) -> Any:
-            raw = get(name)
+        def read(name: str, default: Any, kind: type) -> Any:
+            raw = env(name, None, environ)
             if raw is None:
                 return default
             try:
@@ -96,28 +93,8 @@ class Settings:
             except ValueError:
                 raise InputError(f"KNNCLASS_{name}={raw!r}: not a {kind.__name__}") from None
 
-        values: dict[str, Any] = {
-            "store": get("STORE") or d.store,
-            "collection": get("COLLECTION") or d.collection,
-            "qdrant_url": get("QDRANT_URL"),
-            "qdrant_api_key": get("QDRANT_API_KEY"),
-            "qdrant_shards": num("QDRANT_SHARDS", 1, int),
-            "qdrant_replication": num("QDRANT_REPLICATION", 1, int),
-            "qdrant_write_consistency": num("QDRANT_WRITE_CONSISTENCY", 1, int),
-            "encoder": get("ENCODER"),
-            "wait_s": num("WAIT", 0.0, float),
-            "hnsw": HnswSettings(
-                m=num("HNSW_M", d.hnsw.m, int),
-                ef_construct=num("HNSW_EF_CONSTRUCT", d.hnsw.ef_construct, int),
-                ef=num("HNSW_EF", d.hnsw.ef, int),
-            ),
-            "api_key": get("API_KEY"),
-            "read_key": get("READ_KEY"),
-            "max_in_flight": num("MAX_IN_FLIGHT", None, int),
-            "batch_wait_ms": num("BATCH_WAIT_MS", 0.0, float),
-            "snapshot_dir": get("SNAPSHOT_DIR"),
-            "import_dir": get("IMPORT_DIR"),
-        }
+        values = {f: read(name, getattr(d, f), kind) for f, (name, kind) in _FIELDS.items()}
+        values["hnsw"] = HnswSettings(**{f: read(name, getattr(d.hnsw, f), int) for f, name in _HNSW_FIELDS.items()})
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
 
@@ -126,20 +103,33 @@ class Settings:
         return replace(self, **{k: v for k, v in changes.items() if v is not None})
 
     def to_env(self) -> dict[str, str]:
-        """These settings as KNNCLASS_* variables (for worker processes that read them once)."""
-        names = {
-            "store": "STORE", "collection": "COLLECTION", "qdrant_url": "QDRANT_URL",
-            "qdrant_api_key": "QDRANT_API_KEY", "qdrant_shards": "QDRANT_SHARDS",
-            "qdrant_replication": "QDRANT_REPLICATION", "qdrant_write_consistency": "QDRANT_WRITE_CONSISTENCY",
-            "encoder": "ENCODER", "wait_s": "WAIT", "api_key": "API_KEY", "read_key": "READ_KEY",
-            "max_in_flight": "MAX_IN_FLIGHT", "batch_wait_ms": "BATCH_WAIT_MS", "snapshot_dir": "SNAPSHOT_DIR",
-            "import_dir": "IMPORT_DIR",
-        }  # fmt: skip
-        out = {f"KNNCLASS_{names[f.name]}": str(getattr(self, f.name)) for f in fields(self) if f.name in names}
-        out = {k: ("" if v == "None" else v) for k, v in out.items()}
-        out.update(
-            KNNCLASS_HNSW_M=str(self.hnsw.m),
-            KNNCLASS_HNSW_EF_CONSTRUCT=str(self.hnsw.ef_construct),
-            KNNCLASS_HNSW_EF=str(self.hnsw.ef),
-        )
+        """These settings as KNNCLASS_* variables (for worker processes that read them once); None is ""."""
+
+        def text(v: Any) -> str:
+            return "" if v is None else str(v)
+
+        out = {f"KNNCLASS_{name}": text(getattr(self, f)) for f, (name, _) in _FIELDS.items()}
+        out.update({f"KNNCLASS_{name}": text(getattr(self.hnsw, f)) for f, name in _HNSW_FIELDS.items()})
         return out
+
+
+# Settings field -> (its ENV name, its type), and HnswSettings field -> ENV name: the one mapping
+# from_env and to_env both read.
+_FIELDS: dict[str, tuple[str, type]] = {
+    "store": ("STORE", str),
+    "collection": ("COLLECTION", str),
+    "qdrant_url": ("QDRANT_URL", str),
+    "qdrant_api_key": ("QDRANT_API_KEY", str),
+    "qdrant_shards": ("QDRANT_SHARDS", int),
+    "qdrant_replication": ("QDRANT_REPLICATION", int),
+    "qdrant_write_consistency": ("QDRANT_WRITE_CONSISTENCY", int),
+    "encoder": ("ENCODER", str),
+    "wait_s": ("WAIT", float),
+    "api_key": ("API_KEY", str),
+    "read_key": ("READ_KEY", str),
+    "max_in_flight": ("MAX_IN_FLIGHT", int),
+    "batch_wait_ms": ("BATCH_WAIT_MS", float),
+    "snapshot_dir": ("SNAPSHOT_DIR", str),
+    "import_dir": ("IMPORT_DIR", str),
+}
+_HNSW_FIELDS = {"m": "HNSW_M", "ef_construct": "HNSW_EF_CONSTRUCT", "ef": "HNSW_EF"}

@@ -7,12 +7,16 @@ import fcntl
 import json
 import os
 import sys
+import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from ..errors import StoreCorruptError, StoreLockedError
 
-__all__ = ["ProcessLock", "atomic_write_text", "read_json"]
+__all__ = ["FileCache", "ProcessLock", "atomic_write_text", "read_json"]
+
+T = TypeVar("T")
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -37,6 +41,39 @@ def read_json(path: Path) -> Any:
         raise
     except (OSError, ValueError) as e:
         raise StoreCorruptError(f"{path}: unreadable ({e}); the store is damaged — restore it from a backup") from None
+
+
+class FileCache:
+    """Parsed small files, re-read only when the file changes (inode, size or mtime differs).
+
+    Every write of a store file is an atomic replace (a new inode), so one stat per read tells
+    whether the cached value is still the file's; the hot path (CURRENT and meta.json on every
+    classify) then costs a stat instead of a read and a JSON parse. Cached values are shared:
+    callers must not mutate them.
+    """
+
+    def __init__(self, size: int = 256):
+        self._size = size
+        self._items: dict[Path, tuple[tuple[int, int, int], Any]] = {}
+        self._mu = threading.Lock()
+
+    def get(self, path: Path, parse: Callable[[Path], T]) -> T:
+        """`parse(path)`, or its cached result while the file is unchanged (FileNotFoundError passes)."""
+        st = os.stat(path)
+        key = (st.st_ino, st.st_size, st.st_mtime_ns)
+        hit = self._items.get(path)
+        if hit is not None and hit[0] == key:
+            return hit[1]  # type: ignore[no-any-return]
+        value = parse(path)
+        with self._mu:
+            if len(self._items) >= self._size:
+                self._items.clear()
+            self._items[path] = (key, value)
+        return value
+
+    def forget(self, path: Path) -> None:
+        with self._mu:
+            self._items.pop(path, None)
 
 
 class ProcessLock:

@@ -56,19 +56,32 @@ def validate_history_log(log: str) -> str:
 class HnswSettings:
     """HNSW graph and search settings, the same for both backends.
 
-    The defaults hold recall@10 >= 0.99 against exact search at 1M vectors with a query
-    p99 of a few ms (benchmarks/scale.py); `ef` may be raised at query time, `m` and
-    `ef_construct` apply to collection versions created afterwards.
+    `ef` None (the default) scales the search's ef with the collection's size: recall@10 stays
+    >= 0.99 against exact search (benchmarks/scale.py) where a fixed 512 costs a 10k
+    collection more than an exact scan. A set `ef` is used as given (never below the limit).
+    `m` and `ef_construct` apply to collection versions created afterwards.
     """
 
     m: int = 32
     ef_construct: int = 256
-    ef: int = 512
+    ef: int | None = None
     quantize: bool = False  # scalar int8 copies of the vectors (embedded store)
 
     def __post_init__(self) -> None:
-        if not (4 <= self.m <= 128 and 4 <= self.ef_construct <= 4096 and 1 <= self.ef <= 4096):
+        ef_ok = self.ef is None or 1 <= self.ef <= 4096
+        if not (4 <= self.m <= 128 and 4 <= self.ef_construct <= 4096 and ef_ok):
             raise InputError(f"HNSW settings out of range: m={self.m}, ef_construct={self.ef_construct}, ef={self.ef}")
+
+    def search_ef(self, n: int, limit: int, filtered: bool = False) -> int:
+        """The ef of a search for `limit` neighbours among `n` points (`filtered`: under a filter).
+
+        Auto: 64 up to 30k points, 128 up to 300k, 512 beyond or under a filter (where the
+        graph is walked past non-matching points), and at least twice the limit.
+        """
+        if self.ef is not None:
+            return max(self.ef, limit)
+        base = 512 if filtered or n > 300_000 else 128 if n > 30_000 else 64
+        return max(base, 2 * limit)
 
     @classmethod
     def from_env(cls) -> HnswSettings:

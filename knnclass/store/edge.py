@@ -27,7 +27,7 @@ from ..errors import (
     StoreLockedError,
 )
 from ..settings import env
-from ._files import ProcessLock, atomic_write_text, read_json
+from ._files import FileCache, ProcessLock, atomic_write_text, read_json
 from .base import CollectionMeta, Hit, HnswSettings, Ref, Store, Where, in_order, validate_history_log, validate_name
 
 __all__ = ["EdgeStore"]
@@ -135,6 +135,7 @@ class EdgeStore(Store):
             self._lock.release()
             raise
         self._shards: dict[Ref, Any] = {}
+        self._files = FileCache()  # CURRENT and meta.json, parsed once per change
         self._mu = threading.RLock()
         self._journals: dict[Ref, set[str]] = {}  # point ids written while an index build runs elsewhere
         self.written: dict[Ref, int] = {}  # points upserted per version since it was opened or last indexed
@@ -170,7 +171,7 @@ class EdgeStore(Store):
 
     def current_version(self, name: str) -> str | None:
         try:
-            v = (self._cdir(name) / "CURRENT").read_text().strip()
+            v = self._files.get(self._cdir(name) / "CURRENT", lambda p: p.read_text().strip())
         except FileNotFoundError:
             return None
         if not (self._cdir(name) / v / "meta.json").exists():
@@ -243,7 +244,7 @@ class EdgeStore(Store):
 
     def get_meta(self, ref: Ref) -> CollectionMeta:
         try:
-            return CollectionMeta.from_dict(read_json(self._vdir(ref) / "meta.json"))
+            return self._files.get(self._vdir(ref) / "meta.json", lambda p: CollectionMeta.from_dict(read_json(p)))
         except FileNotFoundError:
             raise CollectionNotFoundError(f"collection {ref.name!r} has no version {ref.version!r}") from None
         except TypeError as e:
@@ -342,8 +343,9 @@ class EdgeStore(Store):
         if len(vectors) == 0:
             return []
         payload = [*_PAYLOAD, "text"] if with_text else _PAYLOAD
-        params = SearchParams(hnsw_ef=max(self._hnsw.ef, limit), exact=exact)
         flt = _filter(self.resolve_where(ref, where))
+        n = 0 if self._hnsw.ef is not None else self.count(ref)  # the shard's bookkeeping: microseconds
+        params = SearchParams(hnsw_ef=self._hnsw.search_ef(n, limit, flt is not None), exact=exact)
         reqs = [
             QueryRequest(
                 limit=limit,

@@ -64,6 +64,7 @@ class ServerStore(Store):
         self._seq = 0
         self.shards, self.replication, self.consistency = shards, replication_factor, write_consistency
         self.hnsw = hnsw or HnswSettings()
+        self._sizes: dict[Ref, tuple[float, int]] = {}  # ref -> (when read, approximate count)
         try:
             if not self.client.collection_exists(META):
                 self.client.create_collection(
@@ -244,8 +245,9 @@ class ServerStore(Store):
         if len(vectors) == 0:
             return []
         payload = [*_PAYLOAD, "text"] if with_text else _PAYLOAD
-        params = m.SearchParams(hnsw_ef=max(self.hnsw.ef, limit), exact=exact)
         flt = self._filter(ref, where)
+        n = 0 if self.hnsw.ef is not None else self._size(ref)
+        params = m.SearchParams(hnsw_ef=self.hnsw.search_ef(n, limit, flt is not None), exact=exact)
         reqs = [
             m.QueryRequest(query=v.tolist(), limit=limit, with_payload=payload, params=params, filter=flt)
             for v in vectors
@@ -285,6 +287,17 @@ class ServerStore(Store):
                 yield examples, vecs
             if offset is None:
                 return
+
+    def _size(self, ref: Ref) -> int:
+        """The collection's approximate point count, re-read at most once a minute (it picks the search ef)."""
+        import time
+
+        now = time.monotonic()
+        hit = self._sizes.get(ref)
+        if hit is None or now - hit[0] > 60:
+            hit = (now, int(self.client.count(_physical(ref), exact=False).count))
+            self._sizes[ref] = hit
+        return hit[1]
 
     def count(self, ref: Ref, where: Where | None = None) -> int:
         return int(self.client.count(_physical(ref), count_filter=self._filter(ref, where), exact=True).count)

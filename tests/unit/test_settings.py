@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from dataclasses import fields
 from pathlib import Path
 
 import pytest
@@ -37,6 +38,17 @@ def test_to_env_round_trips() -> None:
     s = Settings(store="/s", collection="c", qdrant_url="http://q:6333", max_in_flight=9, hnsw=HnswSettings(m=16))
     assert Settings.from_env(s.to_env()) == s
     assert set(s.to_env()) <= {f"KNNCLASS_{n}" for n in ENV}
+    every = Settings(
+        **{f.name: f"v-{f.name}" for f in fields(Settings) if f.type in ("str", "str | None")},
+        qdrant_shards=3,
+        qdrant_replication=2,
+        qdrant_write_consistency=2,
+        wait_s=1.5,
+        max_in_flight=7,
+        batch_wait_ms=2.0,
+        hnsw=HnswSettings(m=8, ef_construct=64, ef=40),
+    )
+    assert Settings.from_env(every.to_env()) == every  # every field travels, none is left out
 
 
 def test_every_knnclass_variable_in_the_code_is_registered() -> None:

@@ -53,3 +53,16 @@ def test_relabel_per_set(client: TestClient) -> None:
     assert r.status_code == 200 and r.json()["label"] == "refund" and r.json()["labels"] == {"priority": "normal"}
     assert client.patch("/v1/examples/pin-2", json={"labels": {"tier": "x"}}).status_code in (400, 422)
     assert client.patch("/v1/examples/pin-2", json={"label": "a", "labels": {"priority": "b"}}).status_code == 422
+
+
+@pytest.mark.parametrize("include_neighbours", [True, False])
+def test_classify_answers_are_what_the_documented_model_says(client: TestClient, include_neighbours: bool) -> None:
+    """The route encodes the library's dicts without re-validating them: they must be ClassifyResponse."""
+    from knnclass.service.schemas import ClassifyResponse
+
+    r = client.post("/v1/classify", json={"texts": ["card", "asdfgh qwerty"], "include_neighbours": include_neighbours})
+    assert r.status_code == 200 and r.headers["content-type"] == "application/json"
+    body = r.json()
+    assert ClassifyResponse.model_validate(body).model_dump(exclude_unset=True) == body
+    assert ("neighbours" in body["predictions"][0]) is include_neighbours
+    assert set(body["predictions"][0]["labels"]) == {"queue", "priority"}

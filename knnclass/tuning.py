@@ -43,9 +43,11 @@ class Objective:
     """Where to put the operating point.
 
     By default, with unknown rows in validation: maximise in-scope accuracy x (1 - w) +
-    unknown recall x w with w = `unknown_weight` (unknown rows count as that share of
-    tickets however few validation holds); without them: the most accurate point, with the
-    novelty floor at the familiarity that `unknown_rate` of in-scope rows fall below.
+    unknown recall x w with w = `unknown_weight`, 0.5 unless given: balanced accuracy over
+    the two groups, so a known ticket not answered correctly and an unknown ticket not
+    flagged cost the same however few unknown rows validation holds (a smaller w favours
+    in-scope accuracy); without them: the most accurate point, with the novelty floor at the
+    familiarity that `unknown_rate` of in-scope rows fall below.
     `target_accuracy`: answered tickets reach it, coverage maximised.
     `target_unknown_recall`: unknown rows abstained on at least that often, in-scope
     accuracy maximised (needs unknown rows).
@@ -53,7 +55,7 @@ class Objective:
 
     target_accuracy: float | None = None
     target_unknown_recall: float | None = None
-    unknown_weight: float = 0.25
+    unknown_weight: float = 0.5
     unknown_rate: float = 0.01
 
     def __post_init__(self) -> None:
@@ -68,12 +70,20 @@ class Objective:
         if not 0 <= self.unknown_rate < 1:
             raise InputError(f"unknown rate must be in [0, 1), not {self.unknown_rate}")
 
-    def describe(self) -> str:
+    def describe(self, has_unknown: bool = True) -> str:
         if self.target_accuracy is not None:
             return f"answered accuracy >= {self.target_accuracy:g}, coverage maximised"
         if self.target_unknown_recall is not None:
             return f"unknown recall >= {self.target_unknown_recall:g}, in-scope accuracy maximised"
-        return f"balanced (unknown rows weigh {self.unknown_weight:g})"
+        if not has_unknown:
+            floor = (
+                f"novelty floor flagging {100 * self.unknown_rate:g} % of in-scope rows"
+                if self.unknown_rate
+                else "no novelty floor"
+            )
+            return f"most accurate point, {floor}"
+        w = self.unknown_weight
+        return f"{1 - w:g} x in-scope accuracy + {w:g} x unknown recall" + (" (balanced)" if w == 0.5 else "")
 
 
 @dataclass(frozen=True)
@@ -255,7 +265,7 @@ def tune_rule(
     assert chosen is not None
     value, i, floor, curve, met = chosen
     rule = replace(best.rule, threshold=float(curve["threshold"][i]), novelty=floor)
-    point = {**_point(curve, i, floor), "objective": objective.describe(), "target_met": met}
+    point = {**_point(curve, i, floor), "objective": objective.describe(has_unknown), "target_met": met}
     final = Candidate(
         rule, best.k, best.score, best.macro_f1, 1.0 - float(curve["coverage"][i]), point.get("unknown_recall")
     )

@@ -141,3 +141,20 @@ def test_objective_and_rule_validation() -> None:
     r = Rule("weighted", "k", 5, 0.4, -0.1)
     assert Rule.from_dict(r.to_dict()) == r and r.with_k(3) == Rule("weighted", "k", 3, 0.4, -0.1)
     assert "novelty" in r.describe() and len(FEATURES) == 8
+
+
+def test_default_objective_weighs_both_kinds_of_error_alike() -> None:
+    from knnclass.cli import cli
+    from knnclass.tuning import _choose
+
+    # three operating points: in-scope accuracy falls as unknown recall rises
+    curve = {"in_scope_accuracy": np.array([0.95, 0.90, 0.85]), "unknown_recall": np.array([0.50, 0.70, 0.80])}
+    i, value, met = _choose(curve, Objective(), has_unknown=True)
+    assert (i, met) == (2, True) and value == pytest.approx((0.85 + 0.80) / 2)  # balanced accuracy
+    assert _choose(curve, Objective(unknown_weight=0.25), has_unknown=True)[0] == 1  # the former default
+    assert Objective().describe() == "0.5 x in-scope accuracy + 0.5 x unknown recall (balanced)"
+    assert Objective(unknown_weight=0.25).describe() == "0.75 x in-scope accuracy + 0.25 x unknown recall"
+    assert Objective().describe(has_unknown=False) == "most accurate point, novelty floor flagging 1 % of in-scope rows"
+    tune = cli.commands["tune"]  # type: ignore[attr-defined]
+    default = next(p.default for p in tune.params if p.name == "unknown_weight")
+    assert default == Objective().unknown_weight

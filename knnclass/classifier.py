@@ -474,17 +474,33 @@ class Classifier:
         texts = [t for p, s in zip(plans, seen, strict=True) if isinstance(p, Rule) for t in s.texts]
         vecs = enc.embed(texts, long=settings.long) if texts else np.zeros((0, enc.dim), dtype=np.float32)
         t1 = time.perf_counter()
-        out: list[ClassifyResult | KnnclassError] = []
+        # one search and one vote for all requests that ask the same (rule, filter, set rules)
+        spans: list[slice] = []
+        groups: list[tuple[tuple[Rule, Where | None, dict[str, Rule]], list[int]]] = []
         pos = 0
-        for plan, prep, (rules, where) in zip(plans, seen, extras, strict=True):
-            if not isinstance(plan, Rule):
-                out.append(plan)
-                continue
-            part = vecs[pos : pos + len(prep.texts)]
-            pos += len(prep.texts)
-            preds = self.classify_vectors(part, ref, plan, with_text, meta, where, rules)
-            preds = [_shortened(p, s) for p, s in zip(preds, prep.shortened, strict=True)]
-            out.append(ClassifyResult(preds, ref, plan, enc.identity))
+        for i, (plan, prep, (rules, where)) in enumerate(zip(plans, seen, extras, strict=True)):
+            n = len(prep.texts) if isinstance(plan, Rule) else 0
+            spans.append(slice(pos, pos + n))
+            pos += n
+            if isinstance(plan, Rule):
+                key = (plan, where, rules)
+                group = next((g for k, g in groups if k == key), None)
+                if group is None:
+                    groups.append((key, [i]))
+                else:
+                    group.append(i)
+        answers: dict[int, list[Prediction]] = {}
+        for (plan, where, rules), members in groups:
+            rows = np.concatenate([np.arange(pos)[spans[i]] for i in members])
+            preds = self.classify_vectors(vecs[rows], ref, plan, with_text, meta, where, rules)
+            at = 0
+            for i in members:
+                n = spans[i].stop - spans[i].start
+                answers[i] = [_shortened(p, s) for p, s in zip(preds[at : at + n], seen[i].shortened, strict=True)]
+                at += n
+        out: list[ClassifyResult | KnnclassError] = []
+        for i, plan in enumerate(plans):
+            out.append(ClassifyResult(answers[i], ref, plan, enc.identity) if isinstance(plan, Rule) else plan)
         if timings is not None:
             timings.encode_s, timings.search_s, timings.texts = t1 - t0, time.perf_counter() - t1, len(texts)
         return out

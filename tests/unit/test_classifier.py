@@ -77,6 +77,27 @@ def test_rule_and_k_overrides(clf: Classifier) -> None:
     assert len(preds[0].neighbours) == 18
 
 
+def test_a_batch_of_requests_answers_each_as_if_alone(clf: Classifier) -> None:
+    """One search and vote serve the requests that share a rule; each still gets its own answers."""
+    from knnclass.classifier import ClassifyRequest
+
+    clf.tune()
+    reqs = [
+        ClassifyRequest(["my card broke", "a transfer is late"]),
+        ClassifyRequest(["forgot pin"], rule=Rule("weighted", "pct", 50)),
+        ClassifyRequest(["pin card transfer"], k=5),
+        ClassifyRequest(["x" * 10], truncate=False),
+        ClassifyRequest(["transfer", "card", "zzz qqq"]),
+    ]
+    together = clf.classify_batch(reqs)
+    for req, got in zip(reqs, together, strict=True):
+        (alone,) = clf.classify_batch([req])
+        assert not isinstance(got, Exception) and not isinstance(alone, Exception)
+        assert [p.to_dict() for p in got.predictions] == [p.to_dict() for p in alone.predictions]
+        assert got.rule == alone.rule and len(got.predictions) == len(req.texts)
+    assert [len(r.predictions[0].neighbours) for r in together if not isinstance(r, Exception)][1:3] == [18, 5]
+
+
 def test_tune_on_validation_with_unknown_label_learns_a_novelty_floor(clf: Classifier) -> None:
     val = [Example(f"v{i}", f"{t} again {i}", t) for i, t in enumerate(TOPICS * 4)]
     val += [Example(f"u{i}", f"completely unrelated question number {i}", "OOS") for i in range(12)]

@@ -16,9 +16,19 @@ SECTIONS = [
     ("spine", "Banking77 end to end (the spine)", "benchmarks/spine.py"),
     ("encoder", "Encoder speed and fidelity", "benchmarks/encoder.py"),
     ("service", "Service latency at 100k", "benchmarks/service.py"),
+    (
+        "service-10k",
+        "Service overhead on Banking77 as is (issue #21)",
+        "benchmarks/service.py --n 10003 --tune --no-baseline --concurrency 16 --name service-10k",
+    ),
     ("scale", "Embedded store at scale", "benchmarks/scale.py"),
     ("scale-1m-m32", "Embedded store at 1M: tuned HNSW (the defaults)", "benchmarks/scale.py --sizes 1000000"),
     ("scale-1m-ef", "Embedded store at 1M: the earlier HNSW settings (m 16), for comparison", "benchmarks/scale.py"),
+    (
+        "scale-ef",
+        "Search ef scaled to the collection size (issue #21)",
+        "benchmarks/scale.py --sizes 10000 100000 300000 --ef auto 64 128 512 --name scale-ef",
+    ),
     ("reports", "Reports and label quality", "benchmarks/reports.py"),
     (
         "openset",

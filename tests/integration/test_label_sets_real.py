@@ -12,6 +12,8 @@ from click.testing import CliRunner
 
 from knnclass.cli import cli
 
+from .._tickets import LABEL_SETS, META_COLS, TICKET_COLS
+
 CATS = ["card_arrival", "lost_or_stolen_card", "exchange_rate", "cancel_transfer", "pin_blocked"]
 
 
@@ -52,25 +54,7 @@ def test_two_label_sets_and_filters_end_to_end(tmp_path: Path, data_dir: Path, r
     train = _tickets(data_dir, "train", 24, tmp_path / "train.csv")
     test = _tickets(data_dir, "test", 6, tmp_path / "test.csv")
     store = ["--store", str(tmp_path / "s")]
-    _run(
-        "index",
-        str(train),
-        "--text-col",
-        "subject",
-        "--text-col",
-        "body",
-        "--id-col",
-        "id",
-        "--label-col",
-        "queue",
-        "--label-col",
-        "priority",
-        "--meta-col",
-        "product",
-        "--meta-col",
-        "created_at",
-        *store,
-    )
+    _run("index", str(train), *TICKET_COLS, *LABEL_SETS, *META_COLS, *store)
     _run("tune", *store)
     m = json.loads(_run("evaluate", str(test), "--id-col", "id", "--json", *store))
     assert set(m["label_sets"]) == {"queue", "priority"}
@@ -124,12 +108,10 @@ def test_multi_task_run_on_composed_text_feeds_the_same_collection(
     """finetune reads subject + body and both label columns; promote serves both sets from the run."""
     train = _tickets(data_dir, "train", 12, tmp_path / "train.csv")
     store = ["--store", str(tmp_path / "s")]
-    text = ["--text-col", "subject", "--text-col", "body"]
-    sets = ["--label-col", "queue", "--label-col", "priority"]
-    _run("index", str(train), *text, "--id-col", "id", *sets, "--meta-col", "product", *store)
+    _run("index", str(train), *TICKET_COLS, *LABEL_SETS, *META_COLS, *store)
     _run("tune", *store)
     run = tmp_path / "run"
-    _run("finetune", str(train), "--strategy", "transfer", *text, *sets, "--out", str(run))
+    _run("finetune", str(train), "--strategy", "transfer", *TICKET_COLS[:4], *LABEL_SETS, "--out", str(run))
     rows = list(csv.DictReader((run / "validation.csv").open()))
     assert rows and all(r["text"].count("\n\n") >= 1 for r in rows)  # the composed text, as indexed
     res = json.loads(_run("promote", str(run), "--json", *store))

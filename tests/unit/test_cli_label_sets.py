@@ -12,6 +12,8 @@ from click.testing import CliRunner
 from knnclass.cli import cli
 from knnclass.encoders import FakeEncoder
 
+from .._tickets import LABEL_SETS, META_COLS, TICKET_COLS
+
 TOPICS = ["card", "transfer", "pin", "refund"]
 URGENT = {"card", "pin"}
 
@@ -55,25 +57,7 @@ def run(*args: str) -> str:
 def test_index_tune_evaluate_classify_with_sets_and_filters(tmp_path: Path) -> None:
     store = ["--store", str(tmp_path / "s")]
     src = _write(tmp_path / "t.csv")
-    out = run(
-        "index",
-        str(src),
-        "--text-col",
-        "subject",
-        "--text-col",
-        "body",
-        "--id-col",
-        "id",
-        "--label-col",
-        "queue",
-        "--label-col",
-        "priority",
-        "--meta-col",
-        "product",
-        "--meta-col",
-        "created_at",
-        *store,
-    )
+    out = run("index", str(src), *TICKET_COLS, *LABEL_SETS, *META_COLS, *store)
     assert "priority (44 labelled)" in out and "product (keyword), created_at (datetime)" in out
     out = run("tune", *store)
     assert "label set priority:" in out
@@ -114,8 +98,7 @@ def test_index_tune_evaluate_classify_with_sets_and_filters(tmp_path: Path) -> N
 def test_promote_keeps_both_label_sets_and_filters(tmp_path: Path) -> None:
     store = ["--store", str(tmp_path / "s")]
     src = _write(tmp_path / "t.csv")
-    cols = ["--text-col", "subject", "--text-col", "body", "--id-col", "id"]
-    run("index", str(src), *cols, "--label-col", "queue", "--label-col", "priority", "--meta-col", "product", *store)
+    run("index", str(src), *TICKET_COLS, *LABEL_SETS, *META_COLS, *store)
     run("tune", *store)
     rundir = tmp_path / "run"  # a transfer run: the frozen (here: fake) encoder, validation of both tasks
     rundir.mkdir()
@@ -138,29 +121,14 @@ def test_export_data_carries_label_sets_and_metadata_and_indexes_back(tmp_path: 
     from knnclass.store.edge import EdgeStore
 
     src = _write(tmp_path / "t.csv")
-    sets = ["--label-col", "queue", "--label-col", "priority"]
-    metas = ["--meta-col", "product", "--meta-col", "created_at"]
     a, b = tmp_path / "a", tmp_path / "b"
-    run(
-        "index",
-        str(src),
-        "--text-col",
-        "subject",
-        "--text-col",
-        "body",
-        "--id-col",
-        "id",
-        *sets,
-        *metas,
-        "--store",
-        str(a),
-    )
+    run("index", str(src), *TICKET_COLS, *LABEL_SETS, *META_COLS, "--store", str(a))
     out = tmp_path / f"x{suffix}"
     run("export-data", "--output", str(out), "--store", str(a))
     if suffix == ".csv":
         header = next(csv.reader(out.open()))
         assert header == ["id", "text", "queue", "priority", "product", "created_at"]
-    run("index", str(out), "--text-col", "text", "--id-col", "id", *sets, *metas, "--store", str(b))
+    run("index", str(out), "--text-col", "text", "--id-col", "id", *LABEL_SETS, *META_COLS, "--store", str(b))
 
     def stored(path: Path) -> dict[str, tuple[str, str, dict[str, str], dict[str, object]]]:
         st = EdgeStore(path)

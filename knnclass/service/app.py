@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import orjson
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
@@ -462,18 +463,18 @@ def create_app(classifier: Classifier, settings: ServiceSettings | None = None) 
     if store_route is not None:
 
         @app.post(STORE_ROUTE, include_in_schema=False)
-        async def store_call(request: Request) -> JSONResponse:
+        async def store_call(request: Request) -> Response:
             """One Store call from another knnclass process on this machine (admin token only)."""
             assert store_route is not None
             if not store_route.allowed(request.headers.get(ADMIN_HEADER)):
                 return _error(403, "forbidden", "the store route needs this service's admin token")
             try:
-                body = await request.json()
-            except ValueError:
+                body = orjson.loads(await request.body())
+            except orjson.JSONDecodeError:
                 return _error(422, "validation_error", "body: invalid JSON")
             if not isinstance(body, dict):
                 return _error(422, "validation_error", "body: expected an object")
-            return JSONResponse({"result": await store_route.call(body)})
+            return Response(await store_route.call(body), media_type="application/json")
 
     return app
 

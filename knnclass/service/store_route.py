@@ -18,6 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
+import orjson
 
 from ..errors import InputError
 from ..store import Store
@@ -41,6 +42,10 @@ _WRITES = {
 }  # fmt: skip
 
 
+def _answer(result: Any) -> bytes:
+    return orjson.dumps({"result": encode(result)})
+
+
 class StoreRoute:
     """Executes wire-encoded Store calls against `store`; `token` authorises them."""
 
@@ -56,21 +61,34 @@ class StoreRoute:
     def allowed(self, given: str | None) -> bool:
         return given is not None and hmac.compare_digest(given.encode(), self.token.encode())
 
-    async def call(self, body: dict[str, Any]) -> Any:
+    async def call(self, body: dict[str, Any]) -> bytes:
+        """Run one wire-encoded call; the JSON answer `{"result": ...}` as bytes.
+
+        Decoding the arguments and encoding the answer (a tune's searches return hundreds of
+        thousands of hits) happen on the thread that runs the call, never on the event loop,
+        where they stalled every classify request for up to seconds."""
         op = str(body.get("op", ""))
+        if op == "optimize":  # out of process: the build must not hold this process's GIL
+            await self.indexer.build(self._decoded(body)[0][0])
+            return _answer(None)
+        if op in _WRITES:
+            out: bytes = await self._write(self._run_wire, op, body)
+            return out
+        if op in _READS:
+            return await asyncio.get_running_loop().run_in_executor(self._reads, self._run_wire, op, body)
+        raise InputError(f"unknown store operation {op!r}")
+
+    @staticmethod
+    def _decoded(body: dict[str, Any]) -> tuple[list[Any], dict[str, Any]]:
         args = decode(body.get("args", []))
         kwargs = decode(body.get("kwargs", {}))
         if not isinstance(args, list) or not isinstance(kwargs, dict):
             raise InputError("malformed store call")
-        if op == "optimize":  # out of process: the build must not hold this process's GIL
-            return encode(await self.indexer.build(args[0]) and None)
-        if op in _WRITES:
-            result = await self._write(self._run, op, args, kwargs)
-        elif op in _READS:
-            result = await asyncio.get_running_loop().run_in_executor(self._reads, self._run, op, args, kwargs)
-        else:
-            raise InputError(f"unknown store operation {op!r}")
-        return encode(result)
+        return args, kwargs
+
+    def _run_wire(self, op: str, body: dict[str, Any]) -> bytes:
+        args, kwargs = self._decoded(body)
+        return _answer(self._run(op, args, kwargs))
 
     def shutdown(self) -> None:
         self._reads.shutdown(wait=True)

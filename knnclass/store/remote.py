@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import orjson
 
 from .. import errors
 from ..data import Example
@@ -108,7 +109,7 @@ class RemoteStore(Store):
     def _call(self, op: str, *args: Any, **kwargs: Any) -> Any:
         import httpx
 
-        body = json.dumps({"op": op, "args": encode(list(args)), "kwargs": encode(kwargs)})
+        body = orjson.dumps({"op": op, "args": encode(list(args)), "kwargs": encode(kwargs)})
         try:
             r = self._http.post(STORE_ROUTE, content=body, headers={"content-type": "application/json"})
         except httpx.HTTPError as e:
@@ -116,8 +117,8 @@ class RemoteStore(Store):
                 f"the service (pid {self.service_pid}, {self.url}) holding {self.root} does not answer: {e}"
             ) from None
         try:
-            d = r.json()
-        except ValueError:
+            d = orjson.loads(r.content)
+        except orjson.JSONDecodeError:
             raise StoreError(f"the service at {self.url} answered {r.status_code} without JSON") from None
         if r.status_code != 200:
             err = d.get("error", {}) if isinstance(d, dict) else {}

@@ -1,4 +1,4 @@
-"""The wire form of Store calls: JSON with typed values, vectors as base64 float32.
+"""The wire form of Store calls: JSON with typed values, vectors as base64 float32, NaN and infinities by name.
 
 Used by the service's store route and RemoteStore, so a CLI process can drive the store a
 running service holds. Only the types below travel; anything else is refused.
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import math
 from typing import Any
 
 import numpy as np
@@ -29,12 +30,15 @@ def register(cls: type) -> type:
 
 def encode(x: Any) -> Any:
     """`x` as plain JSON values."""
-    if x is None or isinstance(x, bool | int | float | str):
+    if isinstance(x, float | np.floating):
+        f = float(x)  # JSON has no NaN or infinity (orjson writes null): they travel by name
+        return f if math.isfinite(f) else {"$f": str(f)}
+    if x is None or isinstance(x, bool | int | str):
         return x
     if isinstance(x, np.ndarray):
         a = np.ascontiguousarray(x, dtype=np.float32)
         return {"$nd": base64.b64encode(a.tobytes()).decode("ascii"), "shape": list(a.shape)}
-    if isinstance(x, np.floating | np.integer):
+    if isinstance(x, np.integer):
         return x.item()
     if isinstance(x, list | tuple):
         return [encode(v) for v in x]
@@ -52,6 +56,8 @@ def decode(x: Any) -> Any:
         return [decode(v) for v in x]
     if not isinstance(x, dict):
         return x
+    if "$f" in x:
+        return float(x["$f"])
     if "$nd" in x:
         shape = tuple(int(s) for s in x["shape"])
         return np.frombuffer(base64.b64decode(x["$nd"]), dtype=np.float32).reshape(shape).copy()

@@ -27,7 +27,7 @@ from .policy import Policy, fit_novelty, reasons, score_rows, typical_similarity
 from .store.base import CollectionMeta, Hit, Ref, Store, Where, infer_kind, to_payload_value, validate_meta_column
 from .text import Prepared, TextSettings, prepare
 from .text import embed as embed_text
-from .tuning import K_MAX, Objective, TuningResult, hits_to_arrays, tune_rule
+from .tuning import BLENDS, K_MAX, Objective, TuningResult, hits_to_arrays, tune_rule
 from .voting import Neighbour, Rule
 
 if TYPE_CHECKING:
@@ -57,8 +57,9 @@ class Prediction:
     `suggestion` is the best guess either way and `confidence` the probability that it is
     right (calibrated when the collection was tuned with a policy, else the vote share).
     `familiarity` says how much the ticket looks like the indexed ones; `alternatives` are
-    the next labels with their probabilities; `source` is "knn" or "head"; `shortened` says
-    the (cleaned) text was past the encoder's token limit, so the long-text strategy applied.
+    the next labels with their probabilities; `source` is "knn", "head" or "ensemble" (the
+    head blended with the vote); `shortened` says the (cleaned) text was past the encoder's
+    token limit, so the long-text strategy applied.
     """
 
     label: str | None
@@ -587,7 +588,7 @@ class Classifier:
                     guess,
                     fam if np.isfinite(fam) else None,
                     alts,
-                    "head" if head is not None else "knn",
+                    "knn" if head is None else "head" if rule.blend == 1.0 else "ensemble",
                 )
             )
         return out
@@ -638,7 +639,10 @@ class Classifier:
         ref = self.ref()
         meta = self.meta(ref)
         where = where.resolve(meta.payload_schema) if where else None
-        result = self.tune_version(ref, validation, unknown_label, objective, self._head(meta), where)
+        # a served head's share is re-chosen on validation; leave-one-out rows trained the head, so keep it
+        kept = Rule.from_dict(meta.rule).blend if meta.rule else 1.0
+        blends = (*BLENDS, 1.0) if validation is not None else (kept,)
+        result = self.tune_version(ref, validation, unknown_label, objective, self._head(meta), where, blends)
         self.stamp(ref, result, where=where)
         return result
 
@@ -702,11 +706,13 @@ class Classifier:
         objective: Objective | None = None,
         head: Head | None = None,
         where: Where | None = None,
+        blends: Sequence[float] = (1.0,),
     ) -> TuningResult:
         """Tune version `ref` without stamping it: leave-one-out, or `validation` (embedded with its encoder).
 
         The label's typical similarity (for familiarity) always comes from the stored
-        examples' own leave-one-out neighbours; with `head` its answers are calibrated.
+        examples' own leave-one-out neighbours; with `head` its answers (blended with the
+        vote at the best of the head shares `blends`) are calibrated.
         """
         n_indexed = self.store.count(ref, where)
         if n_indexed < 2:
@@ -732,7 +738,9 @@ class Classifier:
         stored = [(e.label, v) for e, _, v in loo if v is not None] if unknown_label is not None else []
         novelty = fit_novelty(np.stack([v for _, v in stored]), [lab for lab, _ in stored]) if stored else None
         rows = np.stack(vecs) if novelty is not None else None
-        return tune_rule(truth, hits, n_indexed, unknown_label, mode, typical, objective, head_rows, novelty, rows)
+        return tune_rule(
+            truth, hits, n_indexed, unknown_label, mode, typical, objective, head_rows, novelty, rows, blends
+        )
 
     def evaluate(
         self, examples: Sequence[Example], unknown_label: str | None = None, where: Where | None = None

@@ -32,7 +32,7 @@ import numpy as np
 
 from .calibration import Calibration
 from .store.base import Hit
-from .voting import FEATURES, Rule, best_guess, label_nearest, neighbourhood_features, shares, vote_batch
+from .voting import FEATURES, Rule, best_guess, blend, label_nearest, neighbourhood_features, shares, vote_batch
 
 ALTERNATIVES = 3
 """How many next labels an answer carries with their probabilities."""
@@ -290,8 +290,8 @@ def guesses(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Best guess per row (-1: nothing voted), tie flags, the guess's raw share, and the distribution."""
     _winner, conf, tie, tally = vote_batch(codes, scores, k, rule.vote, max(1, n_labels))
-    if head_probs is not None:
-        dist = head_probs.astype(np.float64)
+    if head_probs is not None:  # the head's answer, or (rule.blend < 1) the ensemble's
+        dist = blend(shares(tally), head_probs, rule.blend)
         guess = dist.argmax(axis=1)
         return guess, np.zeros(len(guess), dtype=bool), dist[np.arange(len(guess)), guess], dist
     guess = np.where(tally.sum(axis=1) > 0, best_guess(tally, codes, scores, k), -1)

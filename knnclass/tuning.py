@@ -23,6 +23,7 @@ from .store.base import Hit
 from .voting import FEATURES, Rule, k_for_percent, vote_batch
 
 __all__ = [
+    "BLENDS",
     "K_GRID",
     "K_MAX",
     "PCT_GRID",
@@ -36,6 +37,8 @@ __all__ = [
 K_GRID = (1, 2, 3, 4, 5, 7, 10, 15, 20, 30, 50)
 PCT_GRID = (0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
 K_MAX = 256
+BLENDS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+"""The head's shares an ensemble rule is tried with (1.0 is the head alone)."""
 
 
 @dataclass(frozen=True)
@@ -114,9 +117,13 @@ class TuningResult:
     policy: Policy | None = None
     point: dict[str, Any] = field(default_factory=dict)
     tradeoff: list[dict[str, Any]] = field(default_factory=list)
+    blends: dict[float, float] = field(default_factory=dict)  # head share -> accuracy, where a head was tuned
 
     def summary(self) -> dict[str, Any]:
-        return {"mode": self.mode, "n": self.n, "best": self.best.to_dict(), "point": self.point}
+        out = {"mode": self.mode, "n": self.n, "best": self.best.to_dict(), "point": self.point}
+        if self.blends:
+            out["blends"] = {f"{w:g}": round(a, 5) for w, a in self.blends.items()}
+        return out
 
 
 def _size_grid(n_indexed: int) -> list[tuple[str, float, int]]:
@@ -195,13 +202,15 @@ def tune_rule(
     head: tuple[list[str], np.ndarray] | None = None,
     novelty: Novelty | None = None,
     vectors: np.ndarray | None = None,
+    blends: Sequence[float] = (1.0,),
 ) -> TuningResult:
     """Score every candidate rule on (truth, neighbours) pairs and pick the best.
 
     Ties in score go to higher macro-F1, then the smaller neighbourhood, then majority
     over weighted: the simplest rule that is as good. With `typical` (per-label typical
     top-3 similarity, and overall) a calibration policy is fitted and the thresholds set by
-    `objective`; `head` = (labels, probabilities per row) calibrates a head's answers.
+    `objective`; `head` = (labels, probabilities per row) calibrates a head's answers, blended
+    with the chosen vote's shares at the head share of `blends` that validation scores best.
     With `novelty` (fitted on the stored vectors) and `vectors` (the rows' own vectors) its
     distances join the features of P(in scope), where unknown rows exist to fit it.
     """
@@ -238,8 +247,11 @@ def tune_rule(
         candidates,
         key=lambda c: (round(c.score, 9), round(c.macro_f1, 9), -c.k, c.rule.vote == "majority", c.rule.size == "k"),
     )
+    scored: dict[float, float] = {}
+    if head_probs is not None:
+        best, scored = _choose_blend(codes, scores, labels, best, head_probs, truth_arr, known, blends)
     if typical is None:
-        return TuningResult(best, candidates, mode, len(truth))
+        return TuningResult(best, candidates, mode, len(truth), blends=scored)
     extra = (novelty, np.asarray(vectors)) if novelty is not None and unknown.any() else None
     policy, sc = _fit_policy(codes, scores, labels, best, truth_arr, unknown, typical, head_probs, extra)
     eligible = (sc.guess >= 0) & ~sc.tie
@@ -274,7 +286,32 @@ def tune_rule(
     step = max(1, len(near) // 8)
     rows = sorted({*near[::step], i})
     tradeoff = [{**_point(curve, j, floor), "chosen": j == i} for j in rows]
-    return TuningResult(final, candidates, mode, len(truth), policy, point, tradeoff)
+    return TuningResult(final, candidates, mode, len(truth), policy, point, tradeoff, scored)
+
+
+def _choose_blend(
+    codes: np.ndarray,
+    scores: np.ndarray,
+    labels: list[str],
+    best: Candidate,
+    head_probs: np.ndarray,
+    truth: np.ndarray,
+    known: np.ndarray,
+    blends: Sequence[float],
+) -> tuple[Candidate, dict[float, float]]:
+    """The head share (of `blends`) whose answers are most accurate on the in-scope rows; the
+    candidate re-scored as served (ties: the larger share). Returns it and every share's accuracy."""
+    if not blends:
+        raise ValueError("no head share to try")
+    results: dict[float, tuple[float, float]] = {}
+    for w in blends:
+        guess, *_ = guesses(codes, scores, len(labels), replace(best.rule, blend=float(w)), best.k, head_probs)
+        m = score_predictions(list(truth[known]), [labels[g] for g in guess[known]])
+        results[float(w)] = (float(m["accuracy"]), float(m["macro_f1"]))
+    w = max(results, key=lambda v: (round(results[v][0], 9), round(results[v][1], 9), v))
+    acc, f1 = results[w]
+    chosen = replace(best, rule=replace(best.rule, blend=w), score=acc, macro_f1=f1)
+    return chosen, {v: a for v, (a, _f) in results.items()}
 
 
 def _fit_policy(
@@ -311,7 +348,7 @@ def _fit_policy(
         per,
         overall,
         scope,
-        "head" if head_probs is not None else "knn",
+        "knn" if head_probs is None else "head" if best.rule.blend == 1.0 else "ensemble",
         novelty,
     )
     sc = score_rows(codes, scores, labels, best.rule, best.k, policy, head_probs, vectors)

@@ -23,6 +23,7 @@ __all__ = [
     "SizeMode",
     "VoteMode",
     "best_guess",
+    "blend",
     "decide",
     "k_for_percent",
     "label_nearest",
@@ -48,7 +49,9 @@ class Rule:
 
     `threshold` is the least confidence answered (calibrated where the collection has a
     policy, else the vote share); `novelty` the least familiarity below which a ticket is
-    abstained on as unknown (None: never).
+    abstained on as unknown (None: never). `blend` is the head's share of the answer where a
+    version serves a head: 1 answers with the head alone, less mixes in the vote's shares
+    (an ensemble); a collection without a head ignores it.
     """
 
     vote: VoteMode = "majority"
@@ -56,6 +59,7 @@ class Rule:
     value: float = 3
     threshold: float = 0.0
     novelty: float | None = None
+    blend: float = 1.0
 
     def __post_init__(self) -> None:
         if self.vote not in ("majority", "weighted"):
@@ -70,6 +74,8 @@ class Rule:
             raise InputError(f"threshold must be in [0, 1], not {self.threshold}")
         if self.novelty is not None and not math.isfinite(self.novelty):
             raise InputError(f"novelty must be a finite number or null, not {self.novelty}")
+        if not 0.0 <= self.blend <= 1.0:
+            raise InputError(f"blend (the head's share) must be in [0, 1], not {self.blend}")
 
     def k(self, n_indexed: int) -> int:
         """Neighbours to consult when `n_indexed` examples are stored."""
@@ -80,14 +86,15 @@ class Rule:
     def describe(self) -> str:
         size = f"k={int(self.value)}" if self.size == "k" else f"top {self.value:g}%"
         novelty = "" if self.novelty is None else f" novelty<{self.novelty:.4g}"
-        return f"{self.vote} {size} threshold={self.threshold:.4g}{novelty}"
+        blend = "" if self.blend == 1.0 else f" head share={self.blend:.4g}"
+        return f"{self.vote} {size} threshold={self.threshold:.4g}{novelty}{blend}"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Rule:
-        return cls(d["vote"], d["size"], d["value"], d.get("threshold", 0.0), d.get("novelty"))
+        return cls(d["vote"], d["size"], d["value"], d.get("threshold", 0.0), d.get("novelty"), d.get("blend", 1.0))
 
     def with_k(self, k: int | None) -> Rule:
         """The same rule over a fixed `k` neighbours (None: unchanged)."""
@@ -206,6 +213,17 @@ def best_guess(tally: np.ndarray, codes: np.ndarray, scores: np.ndarray, k: int)
     np.add.at(wsum, (rows, np.where(valid, codes, 0)), np.where(valid, np.clip(scores, 0.0, None), 0.0))
     top = tally.max(axis=1, keepdims=True)
     return np.asarray(np.where(tally == top, wsum, -np.inf).argmax(axis=1))
+
+
+def blend(vote_shares: np.ndarray, head_probs: np.ndarray, weight: float) -> np.ndarray:
+    """The ensemble's distribution: `weight` x the head's probabilities + the rest x the vote's shares.
+
+    Rows where nothing voted (all-zero shares) keep the head's probabilities alone."""
+    if weight >= 1.0:
+        return np.asarray(head_probs, dtype=np.float64)
+    voted = vote_shares.sum(axis=1, keepdims=True) > 0
+    mixed = weight * head_probs + (1.0 - weight) * vote_shares
+    return np.asarray(np.where(voted, mixed, head_probs), dtype=np.float64)
 
 
 def neighbourhood_features(

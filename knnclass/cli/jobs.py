@@ -282,10 +282,11 @@ def compare(train: Path, strategies: str, test: Path | None, as_json: bool, **kw
 @click.option(
     "--rule",
     "served",
-    type=click.Choice(["auto", "knn", "head"]),
+    type=click.Choice(["auto", "knn", "head", "ensemble"]),
     default="auto",
     show_default=True,
-    help="Serve the kNN vote or the run's head (auto: whichever validation prefers).",
+    help="Serve the kNN vote, the run's head, or an ensemble (the head's probabilities blended with "
+    "the vote's shares, the head's share chosen on validation); auto: whichever validation scores best.",
 )
 @click.option("--json", "as_json", is_flag=True)
 @store_options
@@ -303,13 +304,14 @@ def promote(run_dir: Path, batch_size: int, served: str, as_json: bool, **so: An
                 run_dir,
                 batch_size=batch_size,
                 progress=bar.update,
-                use_head=None if served == "auto" else served == "head",
+                serve=served,
             )
     if as_json:
         emit_json(res)
         return
     head = res["head"]
-    rule = "head" if head and head["serve"] else "kNN vote"
+    served = head["served"] if head else "knn"
+    rule = {"knn": "kNN vote", "head": "head"}.get(served) or f"ensemble (head share {head['head_share']:g})"
     click.echo(
         f"promoted {res['collection']}: {res['from']} -> {res['to']} ({res['count']} examples, {res['seconds']}s)"
     )

@@ -22,6 +22,7 @@ from ..metrics import score_predictions
 from ..voting import Rule
 from .finetune import STRATEGIES, FinetuneSettings, TaskSet, embed_cached, knn_predict, run_finetune
 from .head import load_heads
+from .validation import ensemble_predict
 
 __all__ = ["compare", "markdown_table", "write_report"]
 
@@ -59,12 +60,12 @@ def _rows_for(
     test_vecs = embed_cached(enc, test.texts) if test is not None else None
     # A transfer run's kNN row would repeat the frozen knn strategy's: show its head only.
     kinds = ([] if run["strategy"] == "transfer" and primary in heads else ["knn"]) + (
-        ["head"] if primary in heads else []
+        ["head"] + (["ensemble"] if "ensemble" in run["validation"][primary] else []) if primary in heads else []
     )
     rows = []
     for kind in kinds:
         val = run["validation"][primary][kind]
-        label = {"knn": "kNN vote", "head": "head"}[kind]
+        label = {"knn": "kNN vote", "head": "head", "ensemble": "ensemble (head + kNN vote)"}[kind]
         if run["strategy"] == "transfer" and kind == "head":
             label = f"{run['settings']['classifier']} head"
         elif kind == "head" and run.get("head_kind") == "centroid":
@@ -81,18 +82,24 @@ def _rows_for(
             "run_dir": str(run_dir),
             "tasks": {},
         }
-        rules = {t: Rule.from_dict(run["validation"][t]["knn"]["rule"]) for t in run["tasks"]}
+        rules = {
+            t: Rule.from_dict(run["validation"][t][kind if kind == "ensemble" else "knn"]["rule"])
+            for t in run["tasks"]
+            if kind != "ensemble" or "ensemble" in run["validation"][t]
+        }
 
         def predict(vecs: np.ndarray, task: str, kind: str = kind, rules: dict[str, Rule] = rules) -> list[str | None]:
             if kind == "head":
                 return list(heads[task].predict(vecs)[0])
+            if kind == "ensemble":
+                return list(ensemble_predict(train_vecs, train.labels[task], vecs, rules[task], heads[task]))
             return knn_predict(train_vecs, train.labels[task], vecs, rules[task])
 
         row["latency_ms"] = _latency_ms(enc.embed, lambda v: predict(v, primary), latency_texts)
         for task in run["tasks"]:
             vt = run["validation"][task].get(kind)
             entry: dict[str, Any] = {"val_accuracy": vt["accuracy"], "val_macro_f1": vt["macro_f1"]} if vt else {}
-            if test is not None and test_vecs is not None and (kind == "knn" or task in heads):
+            if test is not None and test_vecs is not None and (kind == "knn" or (task in rules and task in heads)):
                 m = score_predictions(test.labels[task], predict(test_vecs, task))
                 entry.update(test_accuracy=round(m["accuracy"], 5), test_macro_f1=round(m["macro_f1"], 5))
             row["tasks"][task] = entry

@@ -17,17 +17,18 @@ from ..classifier import Classifier
 from ..data import Example, read_examples
 from ..encoders.base import Encoder
 from ..errors import InputError
-from ..metrics import score_predictions
 from ..store.base import CollectionMeta, Ref, Store
 from ..text import TextSettings
 from ..text import embed as embed_text
-from ..tuning import TuningResult
+from ..tuning import BLENDS, TuningResult
 from .finetune import read_run
 from .head import HEADS_FILE, load_heads
 
-__all__ = ["PruneResult", "promote", "prune", "rollback", "run_encoder_dir"]
+__all__ = ["SERVED", "PruneResult", "promote", "prune", "rollback", "run_encoder_dir"]
 
 Progress = Callable[[int], None]
+SERVED = ("auto", "knn", "head", "ensemble")
+"""What promote can serve: validation's choice, the vote, the run's head, or their blend."""
 
 
 def run_encoder_dir(run_dir: str | Path) -> Path:
@@ -75,14 +76,18 @@ def promote(
     encoder: Encoder | None = None,
     batch_size: int = 256,
     progress: Progress | None = None,
-    use_head: bool | None = None,
+    serve: str = "auto",
 ) -> dict[str, Any]:
     """Reindex `collection`'s stored examples with the run's encoder into a new version,
-    re-tune the vote rule, pick kNN or the run's head by validation, then switch.
+    re-tune the vote rule, pick what serves by validation, then switch.
 
-    `encoder` overrides loading the run's encoder (tests). `use_head` forces the choice.
-    Returns what was done; on any failure the new version is dropped and nothing switches.
+    `serve`: "knn" (the vote), "head" (the run's head), "ensemble" (the head blended with
+    the vote) or "auto" (whichever validation scores best). `encoder` overrides loading the
+    run's encoder (tests). Returns what was done; on any failure the new version is dropped
+    and nothing switches.
     """
+    if serve not in SERVED:
+        raise InputError(f"serve must be one of {', '.join(SERVED)}, not {serve!r}")
     t0 = time.perf_counter()
     run_dir = Path(run_dir)
     run = read_run(run_dir)
@@ -123,10 +128,10 @@ def promote(
         n = store.count(new)
         if n != n_old:
             raise InputError(f"reindexed {n} of {n_old} examples; the old version changed while promoting? retry")
-        tuned, head_info = _retune(store, new, encoder, run_dir, names[0], labels[names[0]], use_head)
-        if use_head and head_info is None:
+        tuned, head_info = _retune(store, new, encoder, run_dir, names[0], labels[names[0]], serve)
+        if serve in ("head", "ensemble") and head_info is None:
             raise InputError(
-                f"{run_dir}: no head to serve (rule head): the run has none whose labels cover the collection's"
+                f"{run_dir}: no head to serve (rule {serve}): the run has none whose labels cover the collection's"
             )
         changes: dict[str, Any] = {}
         if head_info and head_info["serve"]:
@@ -162,10 +167,14 @@ def _retune_set(clf: Classifier, ref: Ref, run_dir: Path, name: str, labels: set
     return tuned.summary()
 
 
+_SHARES = {"head": (1.0,), "ensemble": BLENDS, "auto": (*BLENDS, 1.0)}
+
+
 def _retune(
-    store: Store, ref: Ref, encoder: Encoder, run_dir: Path, name: str, labels: set[str], use_head: bool | None
+    store: Store, ref: Ref, encoder: Encoder, run_dir: Path, name: str, labels: set[str], serve: str
 ) -> tuple[TuningResult, dict[str, Any] | None]:
-    """Rule and calibration on the run's validation split (leave-one-out without one); head vs kNN."""
+    """Rule and calibration on the run's validation split (leave-one-out without one); the
+    vote, the head or their blend, as `serve` says or validation prefers."""
     clf = Classifier(store, ref.name, encoder=encoder)
     val = _validation_for(run_dir, labels, name)
     if val is None:
@@ -173,23 +182,27 @@ def _retune(
     task, exs = val
     tuned = clf.tune_version(ref, exs)
     heads_path = run_dir / HEADS_FILE
-    if not heads_path.exists():
+    if serve == "knn" or not heads_path.exists():
         return tuned, None
     heads = load_heads(heads_path)
     if task not in heads or not labels <= set(heads[task].labels):
         return tuned, None
-    pred, _ = heads[task].predict(clf.embed_texts([e.text for e in exs], ref))
-    head_acc = float(score_predictions([e.label for e in exs], list(pred))["accuracy"])
-    serve = head_acc > tuned.best.score if use_head is None else use_head
+    # the head's answers (blended with the vote where a share below 1 scores best), calibrated on the same rows
+    with_head = clf.tune_version(ref, exs, head=heads[task], blends=_SHARES[serve])
+    share = with_head.best.rule.blend
+    use = with_head.best.score > tuned.best.score if serve == "auto" else True
+    head_acc = with_head.blends.get(1.0)
+    ensemble_acc = max((a for w, a in with_head.blends.items() if w < 1), default=None)
     info = {
         "task": task,
-        "head_accuracy": round(head_acc, 5),
         "knn_accuracy": round(tuned.best.score, 5),
-        "serve": serve,
+        "head_accuracy": None if head_acc is None else round(head_acc, 5),
+        "ensemble_accuracy": None if ensemble_acc is None else round(ensemble_acc, 5),
+        "head_share": share,
+        "served": ("ensemble" if share < 1 else "head") if use else "knn",
+        "serve": use,
     }
-    if serve:  # the head's answers, calibrated on the same rows
-        tuned = clf.tune_version(ref, exs, head=heads[task])
-    return tuned, info
+    return (with_head if use else tuned), info
 
 
 def rollback(store: Store, collection: str) -> dict[str, str]:

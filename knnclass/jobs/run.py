@@ -60,9 +60,11 @@ def run_finetune(
         "n_validation": len(validation.texts),
         **result,
     }
-    # The served rule: the head only where validation says it beats the kNN vote.
+    # The served rule: the head or the ensemble only where validation says it beats the kNN vote.
     primary = run["validation"][train.tasks[0]]
-    run["serve"] = "head" if primary.get("head", {}).get("accuracy", -1) > primary["knn"]["accuracy"] else "knn"
+    run["serve"] = max(
+        ("knn", "head", "ensemble"), key=lambda kind: (primary.get(kind, {}).get("accuracy", -1), kind == "knn")
+    )
     (out / RUN_FILE).write_text(json.dumps(run, indent=2, default=str))
     return run
 

@@ -1,4 +1,5 @@
-"""Scoring on the validation split: exact kNN (the spine's vote and rule tuner) and heads.
+"""Scoring on the validation split: exact kNN (the spine's vote and rule tuner), heads, and
+their ensemble (the head blended with the vote).
 
 numpy only; the same functions score every strategy, so their figures compare.
 """
@@ -13,14 +14,16 @@ from typing import Any
 import numpy as np
 
 from ..metrics import score_predictions
+from ..policy import guesses, hits_to_arrays
 from ..store.base import Hit
-from ..tuning import K_MAX, TuningResult, tune_rule
+from ..tuning import BLENDS, K_MAX, TuningResult, tune_rule
 from ..voting import Rule, vote_batch
 from .head import Head
 from .tasks import TaskSet
 
 __all__ = [
     "embed_cached",
+    "ensemble_predict",
     "evaluate_embeddings",
     "fmt",
     "knn_hits",
@@ -60,11 +63,39 @@ def knn_predict(train_vecs: np.ndarray, labels: Sequence[str], query: np.ndarray
     return [names[w] if w >= 0 and c >= rule.threshold else None for w, c in zip(winner, conf, strict=True)]
 
 
+def _head_matrix(head: Head, names: Sequence[str], vecs: np.ndarray) -> np.ndarray:
+    """The head's probabilities in the columns of `names` (labels it lacks: zero)."""
+    out = np.zeros((len(vecs), len(names)))
+    out[:, [list(names).index(lab) for lab in head.labels]] = head.probabilities(vecs)
+    return out
+
+
+def ensemble_predict(
+    train_vecs: np.ndarray, labels: Sequence[str], query: np.ndarray, rule: Rule, head: Head
+) -> list[str]:
+    """Predictions of the head blended with the vote `rule` at its head share (exact search), as served."""
+    names = sorted(set(labels) | set(head.labels))
+    k = min(rule.k(len(labels)), K_MAX, len(labels))
+    codes, scores = hits_to_arrays(knn_hits(train_vecs, labels, query, k), names, k)
+    guess, *_ = guesses(codes, scores, len(names), rule, k, _head_matrix(head, names, query))
+    return [names[g] for g in guess]
+
+
 def tune_knn(
-    train_vecs: np.ndarray, labels: Sequence[str], val_vecs: np.ndarray, val_labels: Sequence[str]
+    train_vecs: np.ndarray,
+    labels: Sequence[str],
+    val_vecs: np.ndarray,
+    val_labels: Sequence[str],
+    head: Head | None = None,
 ) -> TuningResult:
-    """The spine's rule tuning (top-k / top-k%, majority / weighted) on a validation set."""
-    return tune_rule(list(val_labels), knn_hits(train_vecs, labels, val_vecs), len(labels))
+    """The spine's rule tuning (top-k / top-k%, majority / weighted) on a validation set; with
+    `head`, the head share of an ensemble too (of `BLENDS`: the vote always has a say)."""
+    hits = knn_hits(train_vecs, labels, val_vecs)
+    if head is None:
+        return tune_rule(list(val_labels), hits, len(labels))
+    names = sorted({h.label for row in hits for h in row} | set(head.labels))
+    rows = (names, _head_matrix(head, names, val_vecs))
+    return tune_rule(list(val_labels), hits, len(labels), head=rows, blends=BLENDS)
 
 
 def label_confusions(vecs: np.ndarray, codes: np.ndarray, n_labels: int, k: int = 10) -> np.ndarray:
@@ -118,6 +149,9 @@ def evaluate_embeddings(
                 **_metrics(val.labels[task], hp),
                 "loss": _head_loss(heads[task], val_vecs, val.labels[task]),
             }
+            ens = tune_knn(train_vecs, train.labels[task], val_vecs, val.labels[task], heads[task]).best
+            ep = ensemble_predict(train_vecs, train.labels[task], val_vecs, ens.rule, heads[task])
+            res["ensemble"] = {**_metrics(val.labels[task], ep), "rule": ens.rule.to_dict()}
         out[task] = res
     return out
 
@@ -141,6 +175,8 @@ def fmt(ev: dict[str, Any]) -> str:
         p = f"{task} knn={r['knn']['accuracy']:.4f}"
         if "head" in r:
             p += f" head={r['head']['accuracy']:.4f}"
+        if "ensemble" in r:
+            p += f" ensemble={r['ensemble']['accuracy']:.4f}"
         parts.append(p)
     return "; ".join(parts)
 

@@ -195,4 +195,4 @@ class TuneJobRequest(_Strict):
 
 class PromoteJobRequest(_Strict):
     run_dir: StrictStr = Field(min_length=1, max_length=4096)
-    rule: Literal["auto", "knn", "head"] = "auto"
+    rule: Literal["auto", "knn", "head", "ensemble"] = "auto"

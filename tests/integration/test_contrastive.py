@@ -95,7 +95,7 @@ def test_contrastive_run_records_validation_per_epoch_and_moves_weights(contrast
     # a centroid head per label set, servable with numpy; the exported encoder passed the parity gate
     assert set(load_heads(contrastive_run / "heads.npz")) == {"category", "urgency"} and run["head_kind"] == "centroid"
     meta = json.loads((contrastive_run / "encoder" / "knnclass-encoder.json").read_text())
-    assert meta["parity"]["cosine_min"] >= 0.98 and run["serve"] in ("knn", "head")
+    assert meta["parity"]["cosine_min"] >= 0.98 and run["serve"] in ("knn", "head", "ensemble")
     assert {"paraphrase_accuracy_before", "paraphrase_accuracy", "neighbour_agreement"} <= set(run["forgetting"])
 
 
@@ -164,10 +164,14 @@ def test_cli_compare_with_contrastive(slice_: tuple[TaskSet, TaskSet], tmp_path:
     assert res.exit_code == 0, res.output
     rep = json.loads(res.stdout)
     names = {row["name"] for row in rep["ranking"]}
-    assert {"knn: kNN vote (frozen)", "contrastive: kNN vote", "contrastive: centroid head"} == names
+    ensemble = "contrastive: ensemble (head + kNN vote)"
+    assert {"knn: kNN vote (frozen)", "contrastive: kNN vote", "contrastive: centroid head", ensemble} == names
+    row = next(r for r in rep["ranking"] if r["name"] == ensemble)
+    assert 0 < row["test_accuracy"] <= 1 and row["classifier"] == "ensemble"
     row = next(r for r in rep["ranking"] if r["name"] == "contrastive: kNN vote")
     assert 0 < row["test_accuracy"] <= 1 and row["forgetting"]["neighbour_agreement"] <= 1
     run = json.loads((tmp_path / "cmp" / "contrastive" / "run.json").read_text())
     assert run["loss"]["name"] == "mnrl" and [h["epoch"] for h in run["history"]] == [0, 1]
+    assert 0 < run["validation"]["category"]["ensemble"]["rule"]["blend"] < 1  # the vote always has a say
     assert (tmp_path / "cmp" / "contrastive" / "encoder" / "knnclass-encoder.json").exists()
     assert "contrastive: kNN vote" in (tmp_path / "cmp" / "report.md").read_text()

@@ -59,7 +59,7 @@ def test_full_tuning_artefacts_and_score_moves(full_run: Path) -> None:
     assert hist[0]["validation"]["category"]["head"]["loss"] != hist[-1]["validation"]["category"]["head"]["loss"]
     f = run["forgetting"]
     assert {"paraphrase_accuracy_before", "paraphrase_accuracy", "neighbour_agreement"} <= set(f)
-    assert run["best_epoch"] in (0, 1, 2) and run["serve"] in ("knn", "head")
+    assert run["best_epoch"] in (0, 1, 2) and run["serve"] in ("knn", "head", "ensemble")
 
 
 def test_tuned_encoder_changes_and_serves_without_torch_head(full_run: Path, data_dir: Path) -> None:

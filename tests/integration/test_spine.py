@@ -95,7 +95,7 @@ def test_index_tune_evaluate_classify_info(real_encoder, slices, tmp_path: Path)
     code, out, _ = run("info", "--store", store)
     assert code == 0 and "graph      model_fused.onnx on CPU" in out
     best = tuned["best"]
-    assert info["rule"] == {k: best[k] for k in ("vote", "size", "value", "threshold", "novelty")}
+    assert info["rule"] == {k: best[k] for k in ("vote", "size", "value", "threshold", "novelty", "blend")}
 
 
 def test_urgency_label_map(real_encoder, slices, tmp_path: Path, data_dir: Path) -> None:  # type: ignore[no-untyped-def]

@@ -114,6 +114,22 @@ def test_promote_keeps_both_label_sets_and_filters(tmp_path: Path) -> None:
     js = json.loads(run("classify", "pin help", "--where", "product=cards", "--json", *store))
     p = js["predictions"][0]
     assert set(p["labels"]) == {"queue", "priority"} and p["labels"]["priority"]["suggestion"] == "urgent"
+    # the run with a queue head: `--rule ensemble` serves the head blended with the vote
+    from sklearn.linear_model import LogisticRegression
+
+    from knnclass.jobs.head import Head, save_heads
+
+    texts = [f"about {t} {i}" for t in TOPICS for i in range(6)]  # the queue labels as indexed
+    queues = [t if i % 2 == 0 else "general" for t in TOPICS for i in range(6)]
+    est = LogisticRegression().fit(FakeEncoder(topics=TOPICS).embed(texts), queues)
+    head = Head.from_sklearn("queue", est)
+    assert head is not None
+    save_heads(rundir / "heads.npz", [head])
+    (rundir / "run.json").write_text(json.dumps({**info, "heads": "heads.npz"}))
+    out = run("promote", str(rundir), "--rule", "ensemble", *store)
+    assert "v2 -> v3" in out and "serving ensemble (head share 0." in out
+    js = json.loads(run("classify", "pin help", "--json", *store))
+    assert js["predictions"][0]["source"] == "ensemble"
 
 
 @pytest.mark.parametrize("suffix", [".csv", ".jsonl", ".parquet"])

@@ -162,7 +162,7 @@ def test_promote_rollback_prune(tmp_path: Path) -> None:
     clf.index(_examples())
     clf.tune()
     run = _run_dir(tmp_path, with_head=True, enc=enc_b)
-    res = promote(st, "tickets", run, encoder=enc_b, use_head=True)
+    res = promote(st, "tickets", run, encoder=enc_b, serve="head")
     assert (res["from"], res["to"], res["count"]) == ("v1", "v2", 24)
     assert res["tuning"]["mode"] == "validation" and res["head"]["serve"]
     meta = st.get_meta(st.ref("tickets"))
@@ -186,6 +186,36 @@ def test_promote_rollback_prune(tmp_path: Path) -> None:
     out = prune(st, "tickets")
     assert out["dropped"] == ["v1"] and st.versions("tickets") == ["v2"]
     st.close()
+
+
+def test_promote_can_serve_the_head_blended_with_the_vote(tmp_path: Path) -> None:
+    enc_a, enc_b = NamedFake("fake-a", topics=TOPICS), NamedFake("fake-b", dim=24, topics=TOPICS, pull=4.0)
+    st = EdgeStore(tmp_path / "store")
+    Classifier(st, "tickets", encoder=enc_a).index(_examples())
+    run = _run_dir(tmp_path, with_head=True, enc=enc_b)
+    res = promote(st, "tickets", run, encoder=enc_b, serve="ensemble")
+    head = res["head"]
+    assert head["served"] == "ensemble" and 0 < head["head_share"] < 1 and head["head_accuracy"] is None
+    rule = Rule.from_dict(st.get_meta(st.ref("tickets")).rule or {})
+    assert rule.blend == head["head_share"] and res["tuning"]["blends"]
+    new = Classifier(st, "tickets", encoder=enc_b)
+    preds, _, _ = new.classify(["my card is lost", "pin reset"])
+    assert [p.suggestion for p in preds] == ["card", "pin"] and {p.source for p in preds} == {"ensemble"}
+    # evaluate serves what promote scored on the run's validation rows
+    val = [Example(str(i), t, lab) for i, (t, lab) in enumerate(_validation_rows())]
+    m = new.evaluate(val)
+    assert m["source"] == "ensemble" and m["guess_accuracy"] == pytest.approx(res["tuning"]["best"]["score"])
+    # auto: the vote already answers every validation row right, so nothing beats it
+    res = promote(st, "tickets", run, encoder=enc_b)
+    assert res["head"]["served"] == "knn" and not res["head"]["serve"]
+    assert Classifier(st, "tickets", encoder=enc_b).classify(["pin reset"])[0][0].source == "knn"
+    with pytest.raises(InputError, match="serve must be"):
+        promote(st, "tickets", run, encoder=enc_b, serve="centroid")
+    st.close()
+
+
+def _validation_rows() -> list[tuple[str, str]]:
+    return [(f"{t} help please {i}", t) for t in TOPICS for i in range(3)]
 
 
 def test_promote_keeps_label_sets_and_metadata_and_retunes_each_set(tmp_path: Path) -> None:
@@ -246,7 +276,7 @@ def test_forcing_a_head_the_run_lacks_switches_nothing(tmp_path: Path) -> None:
     clf.index(_examples())
     clf.tune()
     with pytest.raises(InputError, match="no head to serve"):
-        promote(st, "tickets", _run_dir(tmp_path), encoder=NamedFake("fake-b", topics=TOPICS), use_head=True)
+        promote(st, "tickets", _run_dir(tmp_path), encoder=NamedFake("fake-b", topics=TOPICS), serve="head")
     assert st.current_version("tickets") == "v1" and st.versions("tickets") == ["v1"]
     st.close()
 

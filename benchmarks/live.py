@@ -122,9 +122,14 @@ def main() -> None:
         time.sleep(args.idle_s)
         t_ops = time.time()
         ops: dict[str, Any] = {}
-        ops["index_s"], ops["index_out"] = _cli(["index", str(more), *store])
-        ops["tune_s"], ops["tune_out"] = _cli(["tune", *store])
-        ops["promote_s"], ops["promote_out"] = _cli(["promote", str(work / "run"), *store])
+        marks = [t_ops]  # where each operation ended: the load is also reported per operation
+        for name, cmd in (
+            ("index", ["index", str(more), *store]),
+            ("tune", ["tune", *store]),
+            ("promote", ["promote", str(work / "run"), *store]),
+        ):
+            ops[f"{name}_s"], ops[f"{name}_out"] = _cli(cmd)
+            marks.append(time.time())
         t_end = time.time()
         time.sleep(3)
         ready = httpx.get(s.url + "/readyz", timeout=30).json()
@@ -132,9 +137,13 @@ def main() -> None:
         load.stop()
         rc = s.stop()
     idle, busy = load.window(t_idle, t_ops), load.window(t_ops, t_end)
+    phases = {
+        name: load.window(a, b) for name, a, b in zip(("index", "tune", "promote"), marks[:-1], marks[1:], strict=True)
+    }
     res.update(
         idle=idle,
         during=busy,
+        phases=phases,
         ops=ops,
         ratio_client_p99=round(busy["client_p99_ms"] / idle["client_p99_ms"], 2),
         ratio_server_p99=round(busy["server_p99_ms"] / idle["server_p99_ms"], 2),
@@ -164,6 +173,11 @@ def main() -> None:
             f"{i['server_p50_ms']} / {i['server_p99_ms']} | {i['max_client_ms']} |",
             f"| during index + tune + promote | {b['requests']} | **{b['failed']}** | {b['client_p50_ms']} / "
             f"**{b['client_p99_ms']}** | {b['server_p50_ms']} / {b['server_p99_ms']} | {b['max_client_ms']} |",
+            *(
+                f"| … during {name} | {p['requests']} | {p['failed']} | {p['client_p50_ms']} / {p['client_p99_ms']} | "
+                f"{p['server_p50_ms']} / {p['server_p99_ms']} | {p['max_client_ms']} |"
+                for name, p in phases.items()
+            ),
             "",
             f"p99 during / idle: client **{res['ratio_client_p99']}×**, server {res['ratio_server_p99']}× (goal ≤ 3×); "
             f"final count {res['final_count']:,} of {res['expected_count']:,} "

@@ -6,8 +6,8 @@
 Writes benchmarks/results/finetune.{md,json} (plus the run dirs, report.md and chart.png
 under --out) and checks the bars: best strategy >= 93.7 % test accuracy, kNN over
 a tuned encoder >= 93.5 %, urgency macro-F1 >= 0.97, whole comparison <= 60 min; with
-contrastive in the run also kNN over the contrastive encoder >= 94.5 % and the rule that
-validation ranks first >= 95.0 % on test.
+contrastive in the run also kNN over the contrastive encoder >= 94.5 %; and the rule that
+validation ranks first (kNN, head or their ensemble) >= 95.0 % on test.
 
 --compare-losses ranks the contrastive losses instead: one epoch each on a per-label slice
 of train (--loss-slice examples per label), validation kNN accuracy before and after,
@@ -189,13 +189,13 @@ def main() -> None:
     }
     contrastive_knn = [r.get("test_accuracy") or 0 for r in rows if r["name"] == "contrastive: kNN vote"]
     if contrastive_knn:
-        served = rows[0].get("test_accuracy") or 0  # the row validation ranks first
         checks["contrastive_knn_test_accuracy"] = {
             "value": contrastive_knn[0],
             "bar": 0.945,
             "pass": contrastive_knn[0] >= 0.945,
         }
-        checks["served_rule_test_accuracy"] = {"value": served, "bar": 0.95, "pass": served >= 0.95}
+    served = rows[0].get("test_accuracy") or 0 if rows else 0  # the row validation ranks first
+    checks["served_rule_test_accuracy"] = {"value": served, "bar": 0.95, "pass": served >= 0.95}
     result = {
         "settings": {**vars(a), "n_train": len(train.texts), "n_validation": len(val.texts), "n_test": len(test.texts)},
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},

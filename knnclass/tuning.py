@@ -1,7 +1,8 @@
 """Choose the vote rule, calibrate it and pick the operating point, all by validation.
 
 1. Every (vote, size) candidate is scored by the accuracy of its best guesses on the
-   in-scope rows; ties go to the simplest rule.
+   in-scope rows; ties go to the simplest rule. Where a head serves, its share of the
+   answer (blended with the chosen vote's shares) is picked the same way.
 2. For the chosen one a `Policy` is fitted: calibrated P(answer right) on in-scope rows and,
    where validation holds unknown rows, P(in scope).
 3. The abstain thresholds (probability and familiarity) are set by the `Objective`.

@@ -42,6 +42,11 @@ SECTIONS = [
         "Contrastive tuning (issue #19)",
         "benchmarks/finetune.py --compare-losses / --strategies knn,contrastive",
     ),
+    (
+        "finetune-ensemble",
+        "Ensemble rule: a head blended with the kNN vote (issue #19)",
+        "benchmarks/finetune.py --strategies knn,transfer,full --name finetune-ensemble",
+    ),
     ("tickets", "Tickets as they are: two label sets, metadata filters, ids (issue #16)", "benchmarks/tickets.py"),
     ("reliability", "Reliability (details in RELIABILITY.md)", "benchmarks/reliability.py"),
 ]

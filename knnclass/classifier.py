@@ -23,7 +23,7 @@ from .errors import (
     StoreError,
 )
 from .metrics import evaluation_metrics
-from .policy import Policy, fit_novelty, reasons, score_rows, typical_similarity
+from .policy import Policy, fit_novelty, head_columns, reasons, score_rows, typical_similarity
 from .store.base import CollectionMeta, Hit, Ref, Store, Where, infer_kind, to_payload_value, validate_meta_column
 from .text import Prepared, TextSettings, prepare
 from .text import embed as embed_text
@@ -569,8 +569,7 @@ class Classifier:
         codes, scores = hits_to_arrays(hits, labels, width)
         head_probs = None
         if head is not None:
-            head_probs = np.zeros((len(vectors), len(labels)))
-            head_probs[:, [labels.index(lab) for lab in head.labels]] = head.probabilities(vectors)
+            head_probs = head_columns(head.labels, head.probabilities(vectors), labels)
         sc = score_rows(codes, scores, labels, rule, k, policy, head_probs, vectors)
         out = []
         for i, why in enumerate(reasons(sc, rule)):

@@ -58,6 +58,7 @@ __all__ = [
     "features",
     "fit_novelty",
     "guesses",
+    "head_columns",
     "hits_to_arrays",
     "in_scope",
     "novelty_features",
@@ -271,6 +272,14 @@ def hits_to_arrays(hits: Sequence[Sequence[Hit]], labels: list[str], width: int)
             codes[i, j] = index[h.label]
             scores[i, j] = h.score
     return codes, scores
+
+
+def head_columns(head_labels: Sequence[str], probs: np.ndarray, labels: Sequence[str]) -> np.ndarray:
+    """A head's probabilities `probs` (columns `head_labels`) in the columns of `labels`; labels it lacks: zero."""
+    index = {lab: i for i, lab in enumerate(labels)}
+    out = np.zeros((len(probs), len(labels)))
+    out[:, [index[lab] for lab in head_labels]] = probs
+    return out
 
 
 def typical_similarity(labels: Sequence[str], hits: Sequence[Sequence[Hit]]) -> tuple[dict[str, float], float]:

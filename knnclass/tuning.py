@@ -19,7 +19,17 @@ import numpy as np
 from .calibration import fit_calibration
 from .errors import InputError
 from .metrics import score_predictions
-from .policy import NOVELTY_FEATURES, Novelty, Policy, Scored, features, guesses, hits_to_arrays, score_rows
+from .policy import (
+    NOVELTY_FEATURES,
+    Novelty,
+    Policy,
+    Scored,
+    features,
+    guesses,
+    head_columns,
+    hits_to_arrays,
+    score_rows,
+)
 from .store.base import Hit
 from .voting import FEATURES, Rule, k_for_percent, vote_batch
 
@@ -228,9 +238,7 @@ def tune_rule(
         raise InputError("nothing to tune: no in-scope rows")
     head_probs = None
     if head is not None:
-        cols = [labels.index(lab) for lab in head[0]]
-        head_probs = np.zeros((len(truth), len(labels)))
-        head_probs[:, cols] = head[1]
+        head_probs = head_columns(head[0], head[1], labels)
     candidates: list[Candidate] = []
     for size, value, k in _size_grid(n_indexed):
         for vote in ("majority", "weighted"):

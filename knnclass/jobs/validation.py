@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from ..metrics import score_predictions
-from ..policy import guesses, hits_to_arrays
+from ..policy import guesses, head_columns, hits_to_arrays
 from ..store.base import Hit
 from ..tuning import BLENDS, K_MAX, TuningResult, tune_rule
 from ..voting import Rule, vote_batch
@@ -63,13 +63,6 @@ def knn_predict(train_vecs: np.ndarray, labels: Sequence[str], query: np.ndarray
     return [names[w] if w >= 0 and c >= rule.threshold else None for w, c in zip(winner, conf, strict=True)]
 
 
-def _head_matrix(head: Head, names: Sequence[str], vecs: np.ndarray) -> np.ndarray:
-    """The head's probabilities in the columns of `names` (labels it lacks: zero)."""
-    out = np.zeros((len(vecs), len(names)))
-    out[:, [list(names).index(lab) for lab in head.labels]] = head.probabilities(vecs)
-    return out
-
-
 def ensemble_predict(
     train_vecs: np.ndarray, labels: Sequence[str], query: np.ndarray, rule: Rule, head: Head
 ) -> list[str]:
@@ -77,25 +70,15 @@ def ensemble_predict(
     names = sorted(set(labels) | set(head.labels))
     k = min(rule.k(len(labels)), K_MAX, len(labels))
     codes, scores = hits_to_arrays(knn_hits(train_vecs, labels, query, k), names, k)
-    guess, *_ = guesses(codes, scores, len(names), rule, k, _head_matrix(head, names, query))
+    guess, *_ = guesses(codes, scores, len(names), rule, k, head_columns(head.labels, head.probabilities(query), names))
     return [names[g] for g in guess]
 
 
 def tune_knn(
-    train_vecs: np.ndarray,
-    labels: Sequence[str],
-    val_vecs: np.ndarray,
-    val_labels: Sequence[str],
-    head: Head | None = None,
+    train_vecs: np.ndarray, labels: Sequence[str], val_vecs: np.ndarray, val_labels: Sequence[str]
 ) -> TuningResult:
-    """The spine's rule tuning (top-k / top-k%, majority / weighted) on a validation set; with
-    `head`, the head share of an ensemble too (of `BLENDS`: the vote always has a say)."""
-    hits = knn_hits(train_vecs, labels, val_vecs)
-    if head is None:
-        return tune_rule(list(val_labels), hits, len(labels))
-    names = sorted({h.label for row in hits for h in row} | set(head.labels))
-    rows = (names, _head_matrix(head, names, val_vecs))
-    return tune_rule(list(val_labels), hits, len(labels), head=rows, blends=BLENDS)
+    """The spine's rule tuning (top-k / top-k%, majority / weighted) on a validation set."""
+    return tune_rule(list(val_labels), knn_hits(train_vecs, labels, val_vecs), len(labels))
 
 
 def label_confusions(vecs: np.ndarray, codes: np.ndarray, n_labels: int, k: int = 10) -> np.ndarray:
@@ -140,7 +123,8 @@ def evaluate_embeddings(
     """Per task: kNN (rule tuned on validation) and head metrics on validation."""
     out: dict[str, Any] = {}
     for task in train.tasks:
-        tuned = tune_knn(train_vecs, train.labels[task], val_vecs, val.labels[task])
+        hits = knn_hits(train_vecs, train.labels[task], val_vecs)  # searched once: the vote's and the ensemble's tuning
+        tuned = tune_rule(list(val.labels[task]), hits, len(train.labels[task]))
         pred = knn_predict(train_vecs, train.labels[task], val_vecs, tuned.best.rule)
         res: dict[str, Any] = {"knn": {**_metrics(val.labels[task], pred), "rule": tuned.best.rule.to_dict()}}
         if heads and task in heads:
@@ -149,9 +133,14 @@ def evaluate_embeddings(
                 **_metrics(val.labels[task], hp),
                 "loss": _head_loss(heads[task], val_vecs, val.labels[task]),
             }
-            ens = tune_knn(train_vecs, train.labels[task], val_vecs, val.labels[task], heads[task]).best
-            ep = ensemble_predict(train_vecs, train.labels[task], val_vecs, ens.rule, heads[task])
-            res["ensemble"] = {**_metrics(val.labels[task], ep), "rule": ens.rule.to_dict()}
+            # the vote always has a say (shares of BLENDS); its score is that of the served guesses
+            rows = (heads[task].labels, heads[task].probabilities(val_vecs))
+            ens = tune_rule(list(val.labels[task]), hits, len(train.labels[task]), head=rows, blends=BLENDS).best
+            res["ensemble"] = {
+                "accuracy": round(ens.score, 5),
+                "macro_f1": round(ens.macro_f1, 5),
+                "rule": ens.rule.to_dict(),
+            }
         out[task] = res
     return out
 

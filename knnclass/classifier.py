@@ -23,7 +23,7 @@ from .errors import (
     StoreError,
 )
 from .metrics import evaluation_metrics
-from .policy import Policy, fit_novelty, head_columns, reasons, score_rows, typical_similarity
+from .policy import Novelty, Policy, fit_novelty, head_columns, reasons, score_rows, typical_similarity
 from .store.base import CollectionMeta, Hit, Ref, Store, Where, infer_kind, to_payload_value, validate_meta_column
 from .text import Prepared, TextSettings, prepare
 from .text import embed as embed_text
@@ -137,6 +137,33 @@ def _encoder_export(source: str) -> tuple[dict[str, Any] | None, str | None]:
     except EncoderError:
         return None, None
     return meta.get("parity"), cpu_graph(meta)
+
+
+@dataclass(frozen=True)
+class TuningRows:
+    """A version's tuning rows, searched once (`Classifier.tuning_rows`); `tune` scores them."""
+
+    truth: list[str]
+    hits: list[list[Hit]]
+    n_indexed: int
+    unknown_label: str | None
+    mode: str
+    typical: tuple[dict[str, float], float]
+    vectors: np.ndarray | None  # the rows' own vectors, when searched with them
+    novelty: Novelty | None
+
+    def tune(
+        self, objective: Objective | None = None, head: Head | None = None, blends: Sequence[float] = (1.0,)
+    ) -> TuningResult:
+        """The best rule for these rows; with `head` (and the rows' vectors) its answers too."""
+        head_rows = None
+        if head is not None and self.vectors is not None:
+            head_rows = (head.labels, head.probabilities(self.vectors))
+        rows = self.vectors if self.novelty is not None else None
+        return tune_rule(
+            self.truth, self.hits, self.n_indexed, self.unknown_label, self.mode, self.typical,
+            objective, head_rows, self.novelty, rows, blends,
+        )  # fmt: skip
 
 
 class Classifier:
@@ -713,6 +740,20 @@ class Classifier:
         examples' own leave-one-out neighbours; with `head` its answers (blended with the
         vote at the best of the head shares `blends`) are calibrated.
         """
+        rows = self.tuning_rows(ref, validation, unknown_label, where, with_vectors=head is not None)
+        return rows.tune(objective, head, blends)
+
+    def tuning_rows(
+        self,
+        ref: Ref,
+        validation: Sequence[Example] | None,
+        unknown_label: str | None = None,
+        where: Where | None = None,
+        with_vectors: bool = False,
+    ) -> TuningRows:
+        """What tuning version `ref` scores: each row's label, neighbours and (`with_vectors`, or
+        always on validation) vector, and the stored examples' typical similarity and novelty
+        model. Searching (and embedding validation) is the costly part; tune the rows several ways."""
         n_indexed = self.store.count(ref, where)
         if n_indexed < 2:
             what = " matching the filter" if where else ""
@@ -720,7 +761,7 @@ class Classifier:
         if validation is None:
             if unknown_label is not None:
                 raise InputError("--unknown-label needs --validation (indexed examples are all in scope)")
-            loo = self._loo(ref, K_MAX, with_vectors=head is not None, where=where)
+            loo = self._loo(ref, K_MAX, with_vectors=with_vectors, where=where)
             truth, hits = [e.label for e, _, _ in loo], [h for _, h, _ in loo]
             vecs = [v for _, _, v in loo if v is not None]
             mode = "leave-one-out"
@@ -733,13 +774,10 @@ class Classifier:
             _check_labels(truth, {h.label for row in hits for h in row}, unknown_label)
             mode = "validation"
         typical = typical_similarity([e.label for e, _, _ in loo], [row for _, row, _ in loo])
-        head_rows = (head.labels, head.probabilities(np.stack(vecs))) if head is not None and vecs else None
         stored = [(e.label, v) for e, _, v in loo if v is not None] if unknown_label is not None else []
         novelty = fit_novelty(np.stack([v for _, v in stored]), [lab for lab, _ in stored]) if stored else None
-        rows = np.stack(vecs) if novelty is not None else None
-        return tune_rule(
-            truth, hits, n_indexed, unknown_label, mode, typical, objective, head_rows, novelty, rows, blends
-        )
+        matrix = np.stack(vecs) if vecs else None
+        return TuningRows(truth, hits, n_indexed, unknown_label, mode, typical, matrix, novelty)
 
     def evaluate(
         self, examples: Sequence[Example], unknown_label: str | None = None, where: Where | None = None

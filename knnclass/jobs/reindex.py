@@ -180,7 +180,8 @@ def _retune(
     if val is None:
         return clf.tune_version(ref, None), None
     task, exs = val
-    tuned = clf.tune_version(ref, exs)
+    rows = clf.tuning_rows(ref, exs)  # searched once, scored with and without the head
+    tuned = rows.tune()
     heads_path = run_dir / HEADS_FILE
     if serve == "knn" or not heads_path.exists():
         return tuned, None
@@ -188,7 +189,7 @@ def _retune(
     if task not in heads or not labels <= set(heads[task].labels):
         return tuned, None
     # the head's answers (blended with the vote where a share below 1 scores best), calibrated on the same rows
-    with_head = clf.tune_version(ref, exs, head=heads[task], blends=_SHARES[serve])
+    with_head = rows.tune(head=heads[task], blends=_SHARES[serve])
     share = with_head.best.rule.blend
     use = with_head.best.score > tuned.best.score if serve == "auto" else True
     head_acc = with_head.blends.get(1.0)

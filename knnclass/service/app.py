@@ -284,7 +284,11 @@ def create_app(classifier: Classifier, settings: ServiceSettings | None = None) 
     engine.observe = metrics.engine
     indexer = IndexBuilder(classifier.store, engine.write)
     runner = JobRunner(Path(s.jobs_dir), _store_args(classifier.store)) if s.jobs_dir else None
-    store_route = StoreRoute(classifier.store, s.admin_token, engine.write, indexer) if s.admin_token else None
+    store_route = (
+        StoreRoute(classifier.store, s.admin_token, engine.write, indexer, engine.yield_to_classify)
+        if s.admin_token
+        else None
+    )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -49,6 +50,8 @@ class Engine:
         self._timer: asyncio.TimerHandle | None = None  # the wait budget of the next batch
         self._started = False
         self.observe: Any = None  # callable(encode_s, search_s, batch_texts) set by the app
+        self._quiet = threading.Event()  # set while no classify call is pending or running
+        self._quiet.set()
 
     async def start(self) -> None:
         self._started = True
@@ -61,6 +64,7 @@ class Engine:
             job = self._pending.popleft()
             if not job.future.done():
                 job.future.set_exception(OverloadedError("the service is stopping; retry"))
+        self._quiet.set()
         self._read.shutdown(wait=True)
         self._write.shutdown(wait=True)
 
@@ -70,6 +74,7 @@ class Engine:
         assert self._started, "engine not started"
         fut: asyncio.Future[ClassifyResult] = asyncio.get_running_loop().create_future()
         self._pending.append(ClassifyJob(request, fut, clf or self.clf))
+        self._quiet.clear()
         if not self._running:
             if self.wait_s <= 0 or self._texts_pending() >= self.max_batch:
                 self._next_batch()
@@ -109,6 +114,16 @@ class Engine:
                     j.future.set_result(r)
         if self._pending:
             self._next_batch()
+        else:
+            self._quiet.set()
+
+    def yield_to_classify(self, max_wait_s: float = 0.05) -> None:
+        """Block the calling (background) thread while classify calls are pending or running.
+
+        Store work done for other processes calls this between its slices, so a slice never
+        starts while a classify call waits for the GIL; `max_wait_s` bounds the wait so that
+        background work still progresses under a saturating load."""
+        self._quiet.wait(max_wait_s)
 
     def _run_batch(self, jobs: Sequence[ClassifyJob]) -> list[ClassifyResult | KnnclassError]:
         timings = BatchTimings()

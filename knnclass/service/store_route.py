@@ -1,7 +1,8 @@
 """The local admin route through which other knnclass processes use the store this service holds.
 
 Qdrant Edge holds the GIL while it upserts or searches, so every call is cut into bounded
-slices: classify requests interleave with a bulk index or a re-tune instead of waiting for it.
+slices, and a slice starts only once no classify call is pending or running (`pause`, the
+engine's `yield_to_classify`): classify requests go first, a bulk index or a re-tune fills the gaps.
 Writes run on the engine's writer thread (in order with live edits); reads on their own thread.
 """
 
@@ -49,8 +50,17 @@ def _answer(result: Any) -> bytes:
 class StoreRoute:
     """Executes wire-encoded Store calls against `store`; `token` authorises them."""
 
-    def __init__(self, store: Store, token: str, write: Callable[..., Any], indexer: IndexBuilder):
+    def __init__(
+        self,
+        store: Store,
+        token: str,
+        write: Callable[..., Any],
+        indexer: IndexBuilder,
+        pause: Callable[[], None] = lambda: time.sleep(0),
+    ):
+        """`pause`: called between slices; blocks while serving traffic should go first."""
         self.store = store
+        self.pause = pause
         self.token = token
         self.indexer = indexer
         self._write = write  # the engine's writer: `await write(fn, *args)`
@@ -103,18 +113,18 @@ class StoreRoute:
     def _op_upsert(self, ref: Any, examples: list[Any], vectors: np.ndarray) -> None:
         for i in range(0, len(examples), UPSERT_SLICE):
             self.store.upsert(ref, examples[i : i + UPSERT_SLICE], vectors[i : i + UPSERT_SLICE])
-            time.sleep(0)  # let a waiting classify thread take the GIL between slices
+            self.pause()
 
     def _op_delete(self, ref: Any, ids: list[str]) -> None:
         for i in range(0, len(ids), UPSERT_SLICE):
             self.store.delete(ref, ids[i : i + UPSERT_SLICE])
-            time.sleep(0)
+            self.pause()
 
     def _op_search(self, ref: Any, vectors: np.ndarray, limit: int, **kw: Any) -> list[list[Hit]]:
         out: list[list[Hit]] = []
         for i in range(0, len(vectors), SEARCH_SLICE):
             out.extend(self.store.search(ref, vectors[i : i + SEARCH_SLICE], limit, **kw))
-            time.sleep(0)
+            self.pause()
         return out
 
     def _op_retrieve(self, ref: Any, ids: list[str], with_vectors: bool = False) -> list[Any]:
@@ -134,6 +144,7 @@ class StoreRoute:
         if found is None:
             raise InputError("unknown or expired scroll cursor; start the scroll again")
         it = found[0]
+        self.pause()  # a page is one Edge read of up to 1024 points
         page = next(it, None)
         with self._mu:
             if page is None:

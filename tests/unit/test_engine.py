@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -86,3 +87,54 @@ def test_a_crashed_batch_fails_its_callers_and_the_engine_goes_on() -> None:
         return "raised", after
 
     assert asyncio.run(main()) == ("raised", "ok fine")
+
+
+def test_background_work_waits_while_classify_calls_are_pending_or_running() -> None:
+    rec = Recorder()
+    engine = Engine(rec)  # type: ignore[arg-type]
+    resumed: list[float] = []
+
+    def background() -> None:  # what the store route does between two slices
+        engine.yield_to_classify(max_wait_s=5.0)
+        resumed.append(time.monotonic())
+
+    async def main() -> tuple[float, float]:
+        await engine.start()
+        t0 = time.monotonic()
+        engine.yield_to_classify(max_wait_s=5.0)  # nothing in flight: no wait
+        idle_wait = time.monotonic() - t0
+        call = asyncio.create_task(engine.classify(ClassifyRequest(["a"])))
+        await asyncio.sleep(0.02)
+        worker = threading.Thread(target=background)
+        worker.start()
+        await asyncio.sleep(0.2)
+        assert not resumed, "background work went on while a classify call was running"
+        released = time.monotonic()
+        rec.release.set()
+        assert await call == "ok a"
+        await asyncio.to_thread(worker.join, 5)
+        await engine.stop()
+        return idle_wait, resumed[0] - released
+
+    idle_wait, after_release = asyncio.run(main())
+    assert idle_wait < 0.05
+    assert 0 <= after_release < 2.0
+
+
+def test_background_work_still_progresses_under_a_saturating_load() -> None:
+    rec = Recorder()  # the first batch never finishes until released
+    engine = Engine(rec)  # type: ignore[arg-type]
+
+    async def main() -> float:
+        await engine.start()
+        call = asyncio.create_task(engine.classify(ClassifyRequest(["a"])))
+        await asyncio.sleep(0.02)
+        t0 = time.monotonic()
+        await asyncio.to_thread(engine.yield_to_classify, 0.1)
+        waited = time.monotonic() - t0
+        rec.release.set()
+        await call
+        await engine.stop()
+        return waited
+
+    assert 0.09 <= asyncio.run(main()) < 2.0

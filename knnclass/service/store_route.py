@@ -31,6 +31,7 @@ __all__ = ["StoreRoute"]
 
 UPSERT_SLICE = 64  # points per Edge upsert call: a few ms of GIL at most
 SEARCH_SLICE = 4  # queries per Edge search call (~2 ms each at 20k points, GIL held)
+SCROLL_PAGE = 256  # points per scroll page: one Edge read, encoded in one go
 CURSOR_TTL_S = 600.0
 
 _READS = {
@@ -43,7 +44,13 @@ _WRITES = {
 }  # fmt: skip
 
 
+class _Encoded(bytes):
+    """A result already in its JSON wire form (encoded slice by slice, with pauses between)."""
+
+
 def _answer(result: Any) -> bytes:
+    if isinstance(result, _Encoded):
+        return b'{"result":' + result + b"}"
     return orjson.dumps({"result": encode(result)})
 
 
@@ -120,12 +127,15 @@ class StoreRoute:
             self.store.delete(ref, ids[i : i + UPSERT_SLICE])
             self.pause()
 
-    def _op_search(self, ref: Any, vectors: np.ndarray, limit: int, **kw: Any) -> list[list[Hit]]:
-        out: list[list[Hit]] = []
+    def _op_search(self, ref: Any, vectors: np.ndarray, limit: int, **kw: Any) -> _Encoded:
+        """The hits, encoded per slice: encoding a tune's hundreds of thousands of hits in one go
+        is pure Python for a second or more, and every classify call's GIL hand-offs wait on it."""
+        parts: list[bytes] = []
         for i in range(0, len(vectors), SEARCH_SLICE):
-            out.extend(self.store.search(ref, vectors[i : i + SEARCH_SLICE], limit, **kw))
+            hits: list[list[Hit]] = self.store.search(ref, vectors[i : i + SEARCH_SLICE], limit, **kw)
+            parts.append(orjson.dumps(encode(hits))[1:-1])  # the rows, without the list's brackets
             self.pause()
-        return out
+        return _Encoded(b"[" + b",".join(p for p in parts if p) + b"]")
 
     def _op_retrieve(self, ref: Any, ids: list[str], with_vectors: bool = False) -> list[Any]:
         return [[e, v] for e, v in self.store.retrieve(ref, ids, with_vectors)]
@@ -133,7 +143,7 @@ class StoreRoute:
     def _op_scroll_open(self, ref: Any, batch_size: int = 1024, with_vectors: bool = False, where: Any = None) -> str:
         self._expire()
         cursor = secrets.token_hex(8)
-        it = self.store.scroll(ref, min(int(batch_size), 1024), with_vectors, where=where)
+        it = self.store.scroll(ref, min(int(batch_size), SCROLL_PAGE), with_vectors, where=where)
         with self._mu:
             self._cursors[cursor] = (it, time.monotonic())
         return cursor
@@ -144,7 +154,7 @@ class StoreRoute:
         if found is None:
             raise InputError("unknown or expired scroll cursor; start the scroll again")
         it = found[0]
-        self.pause()  # a page is one Edge read of up to 1024 points
+        self.pause()  # a page is one Edge read of up to SCROLL_PAGE points
         page = next(it, None)
         with self._mu:
             if page is None:

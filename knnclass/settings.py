@@ -78,6 +78,7 @@ class Settings:
     batch_wait_ms: float = 0.0
     snapshot_dir: str | None = None
     import_dir: str | None = None
+    gil_switch_ms: float = 0.5
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -131,5 +132,6 @@ _FIELDS: dict[str, tuple[str, type]] = {
     "batch_wait_ms": ("BATCH_WAIT_MS", float),
     "snapshot_dir": ("SNAPSHOT_DIR", str),
     "import_dir": ("IMPORT_DIR", str),
+    "gil_switch_ms": ("GIL_SWITCH_MS", float),
 }
 _HNSW_FIELDS = {"m": "HNSW_M", "ef_construct": "HNSW_EF_CONSTRUCT", "ef": "HNSW_EF"}

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -18,6 +17,7 @@ from typing import Any
 
 from ..classifier import BatchTimings, Classifier, ClassifyRequest, ClassifyResult
 from ..errors import KnnclassError, OverloadedError
+from .foreground import Foreground
 
 __all__ = ["ClassifyJob", "Engine"]
 
@@ -39,7 +39,10 @@ class Engine:
     batch is split by collection.
     """
 
-    def __init__(self, classifier: Classifier, max_batch: int = 64, wait_s: float = 0.0):
+    def __init__(
+        self, classifier: Classifier, max_batch: int = 64, wait_s: float = 0.0, foreground: Foreground | None = None
+    ):
+        """`foreground`: where classify calls are counted as serving work (shared with the HTTP layer)."""
         self.clf = classifier
         self.max_batch = max_batch
         self.wait_s = wait_s
@@ -50,8 +53,7 @@ class Engine:
         self._timer: asyncio.TimerHandle | None = None  # the wait budget of the next batch
         self._started = False
         self.observe: Any = None  # callable(encode_s, search_s, batch_texts) set by the app
-        self._quiet = threading.Event()  # set while no classify call is pending or running
-        self._quiet.set()
+        self.foreground = foreground or Foreground()
 
     async def start(self) -> None:
         self._started = True
@@ -64,7 +66,6 @@ class Engine:
             job = self._pending.popleft()
             if not job.future.done():
                 job.future.set_exception(OverloadedError("the service is stopping; retry"))
-        self._quiet.set()
         self._read.shutdown(wait=True)
         self._write.shutdown(wait=True)
 
@@ -74,13 +75,16 @@ class Engine:
         assert self._started, "engine not started"
         fut: asyncio.Future[ClassifyResult] = asyncio.get_running_loop().create_future()
         self._pending.append(ClassifyJob(request, fut, clf or self.clf))
-        self._quiet.clear()
-        if not self._running:
-            if self.wait_s <= 0 or self._texts_pending() >= self.max_batch:
-                self._next_batch()
-            elif self._timer is None:
-                self._timer = asyncio.get_running_loop().call_later(self.wait_s, self._next_batch)
-        return await fut
+        self.foreground.enter()
+        try:
+            if not self._running:
+                if self.wait_s <= 0 or self._texts_pending() >= self.max_batch:
+                    self._next_batch()
+                elif self._timer is None:
+                    self._timer = asyncio.get_running_loop().call_later(self.wait_s, self._next_batch)
+            return await fut
+        finally:
+            self.foreground.leave()
 
     def _texts_pending(self) -> int:
         return sum(len(j.request.texts) or 1 for j in self._pending)
@@ -114,16 +118,10 @@ class Engine:
                     j.future.set_result(r)
         if self._pending:
             self._next_batch()
-        else:
-            self._quiet.set()
 
     def yield_to_classify(self, max_wait_s: float = 0.05) -> None:
-        """Block the calling (background) thread while classify calls are pending or running.
-
-        Store work done for other processes calls this between its slices, so a slice never
-        starts while a classify call waits for the GIL; `max_wait_s` bounds the wait so that
-        background work still progresses under a saturating load."""
-        self._quiet.wait(max_wait_s)
+        """Block the calling (background) thread while serving work is in progress (`Foreground.wait`)."""
+        self.foreground.wait(max_wait_s)
 
     def _run_batch(self, jobs: Sequence[ClassifyJob]) -> list[ClassifyResult | KnnclassError]:
         timings = BatchTimings()

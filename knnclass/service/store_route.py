@@ -23,14 +23,14 @@ import orjson
 
 from ..errors import InputError
 from ..store import Store
-from ..store._wire import decode, encode
+from ..store._wire import decode, encode, encode_hits
 from ..store.base import Hit
 from .indexer import IndexBuilder
 
 __all__ = ["StoreRoute"]
 
 UPSERT_SLICE = 64  # points per Edge upsert call: a few ms of GIL at most
-SEARCH_SLICE = 4  # queries per Edge search call (~2 ms each at 20k points, GIL held)
+SEARCH_SLICE_HITS = 256  # hits per Edge search call and its encoding (a few ms of GIL), at least one query
 SCROLL_PAGE = 256  # points per scroll page: one Edge read, encoded in one go
 CURSOR_TTL_S = 600.0
 
@@ -128,12 +128,13 @@ class StoreRoute:
             self.pause()
 
     def _op_search(self, ref: Any, vectors: np.ndarray, limit: int, **kw: Any) -> _Encoded:
-        """The hits, encoded per slice: encoding a tune's hundreds of thousands of hits in one go
-        is pure Python for a second or more, and every classify call's GIL hand-offs wait on it."""
+        """The hits, searched and encoded a slice of queries at a time: a tune asks for hundreds of
+        hits per query, and encoding them in one go held the GIL for seconds."""
         parts: list[bytes] = []
-        for i in range(0, len(vectors), SEARCH_SLICE):
-            hits: list[list[Hit]] = self.store.search(ref, vectors[i : i + SEARCH_SLICE], limit, **kw)
-            parts.append(orjson.dumps(encode(hits))[1:-1])  # the rows, without the list's brackets
+        step = max(1, SEARCH_SLICE_HITS // max(1, int(limit)))
+        for i in range(0, len(vectors), step):
+            hits: list[list[Hit]] = self.store.search(ref, vectors[i : i + step], limit, **kw)
+            parts.append(orjson.dumps(encode_hits(hits))[1:-1])  # the rows, without the list's brackets
             self.pause()
         return _Encoded(b"[" + b",".join(p for p in parts if p) + b"]")
 

@@ -17,7 +17,7 @@ from ..data import Example
 from ..errors import InputError
 from .base import CollectionMeta, Cond, Hit, Ref, Where
 
-__all__ = ["WIRE_TYPES", "decode", "encode", "register"]
+__all__ = ["WIRE_TYPES", "decode", "encode", "encode_hits", "register"]
 
 WIRE_TYPES: dict[str, type] = {t.__name__: t for t in (Ref, Example, Hit, CollectionMeta, Where, Cond)}
 
@@ -50,12 +50,43 @@ def encode(x: Any) -> Any:
     raise InputError(f"cannot send a {name} to the service")
 
 
+def encode_hits(rows: list[list[Hit]]) -> list[Any]:
+    """Search results as columns per query: what `encode` gives, in a form several times cheaper
+    to make and to send (a tune's searches return hundreds of thousands of hits)."""
+    out: list[Any] = []
+    for hits in rows:
+        cols: dict[str, Any] = {
+            "id": [h.id for h in hits],
+            "label": [h.label for h in hits],
+            "score": [encode(h.score) for h in hits],
+        }
+        if any(h.text is not None for h in hits):
+            cols["text"] = [h.text for h in hits]
+        if any(h.labels for h in hits):
+            cols["labels"] = [h.labels for h in hits]  # str -> str maps: plain JSON objects
+        out.append({"$hits": cols})
+    return out
+
+
+def _decode_hits(cols: dict[str, Any]) -> list[Hit]:
+    n = len(cols["id"])
+    texts = cols.get("text") or [None] * n
+    labels = cols.get("labels") or [None] * n
+    scores = [decode(s) for s in cols["score"]]
+    return [
+        Hit(str(i), str(lab), float(sc), t, dict(lb) if lb else {})
+        for i, lab, sc, t, lb in zip(cols["id"], cols["label"], scores, texts, labels, strict=True)
+    ]
+
+
 def decode(x: Any) -> Any:
-    """The value `encode` made `x` from."""
+    """The value `encode` (or `encode_hits`) made `x` from."""
     if isinstance(x, list):
         return [decode(v) for v in x]
     if not isinstance(x, dict):
         return x
+    if "$hits" in x:
+        return _decode_hits(x["$hits"])
     if "$f" in x:
         return float(x["$f"])
     if "$nd" in x:

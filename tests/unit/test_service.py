@@ -402,3 +402,46 @@ def test_snapshot_while_serving_under_classify_load_then_restore_loses_nothing(t
 
 def test_snapshot_route_is_off_without_a_dir(client: TestClient) -> None:
     assert "--snapshot-dir" in _err(client.post("/v1/admin/snapshot", json={"name": "x.zip"}), 403)["message"]
+
+
+def test_a_v1_request_in_progress_holds_background_store_work_but_admin_calls_do_not() -> None:
+    from knnclass.service.app import _Guard, _Metrics
+    from knnclass.service.foreground import Foreground
+    from knnclass.store.remote import STORE_ROUTE
+
+    fg = Foreground()
+    seen: list[bool] = []
+
+    async def inner(scope, receive, send) -> None:  # type: ignore[no-untyped-def]
+        seen.append(fg._quiet.is_set())
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"{}"})
+
+    guard = _Guard(inner, settings=ServiceSettings(), metrics=_Metrics(), foreground=fg)
+
+    async def call(path: str) -> None:
+        async def receive() -> dict:  # type: ignore[type-arg]
+            return {"type": "http.request", "body": b"", "more_body": False}
+
+        async def send(msg: dict) -> None:  # type: ignore[type-arg]
+            pass
+
+        await guard({"type": "http", "method": "GET", "path": path, "headers": []}, receive, send)
+
+    asyncio.run(call("/v1/classify"))
+    asyncio.run(call(STORE_ROUTE))  # another process's store call is the background work itself
+    assert seen == [False, True]
+    assert fg._quiet.is_set()  # left when the request ended
+
+
+def test_the_service_shortens_the_gil_switch_interval_while_it_runs(tmp_path: Path) -> None:
+    import sys
+
+    from knnclass.errors import InputError
+
+    before = sys.getswitchinterval()
+    with TestClient(create_app(_clf(tmp_path / "s"), ServiceSettings(gil_switch_ms=0.25))):
+        assert sys.getswitchinterval() == pytest.approx(0.00025)
+    assert sys.getswitchinterval() == before
+    with pytest.raises(InputError, match="GIL_SWITCH_MS"):
+        ServiceSettings(gil_switch_ms=0)

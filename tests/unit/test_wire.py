@@ -8,7 +8,7 @@ import numpy as np
 import orjson
 
 from knnclass.data import Example
-from knnclass.store._wire import decode, encode
+from knnclass.store._wire import decode, encode, encode_hits
 from knnclass.store.base import CollectionMeta, Hit, Ref
 
 
@@ -35,3 +35,19 @@ def test_typed_values_round_trip() -> None:
     back = _round_trip(meta)
     assert isinstance(back, CollectionMeta) and back.extra == meta.extra and back.tuning is not None
     assert math.isnan(back.tuning["auroc"])
+
+
+def test_search_hits_travel_as_columns() -> None:
+    rows = [
+        [Hit("a", "x", 0.5), Hit("b", "y", -0.25)],
+        [],
+        [Hit("c", "x", 0.75, "some text", {"queue": "billing"}), Hit("d", "z", float("nan"), None, {})],
+    ]
+    wire = orjson.dumps(encode_hits(rows))
+    back = decode(orjson.loads(wire))
+    assert back[:2] == rows[:2]
+    assert back[2][0] == rows[2][0] and back[2][0].labels == {"queue": "billing"}
+    assert back[2][1].id == "d" and math.isnan(back[2][1].score) and back[2][1].labels == {}
+    assert all(type(h) is Hit for row in back for h in row)
+    tune_row = [[Hit(f"ticket-{i}", "card_arrival", 0.5 + i / 1000) for i in range(200)]]
+    assert len(orjson.dumps(encode_hits(tune_row))) < len(orjson.dumps(encode(tune_row))) / 2  # why columns

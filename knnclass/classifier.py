@@ -27,7 +27,7 @@ from .policy import Novelty, Policy, fit_novelty, head_columns, reasons, score_r
 from .store.base import CollectionMeta, Hit, Ref, Store, Where, infer_kind, to_payload_value, validate_meta_column
 from .text import Prepared, TextSettings, prepare
 from .text import embed as embed_text
-from .tuning import BLENDS, K_MAX, Objective, TuningResult, hits_to_arrays, tune_rule
+from .tuning import BLENDS, K_MAX, LOO_ROWS, Objective, TuningResult, hits_to_arrays, tune_rule
 from .voting import Neighbour, Rule
 
 if TYPE_CHECKING:
@@ -642,14 +642,26 @@ class Classifier:
         batch_size: int = 512,
         with_vectors: bool = False,
         where: Where | None = None,
+        max_rows: int | None = None,
     ) -> list[tuple[Example, list[Hit], np.ndarray | None]]:
+        """`max_rows`: stop after that many examples (in scroll order); None: every one."""
         n_indexed = self.store.count(ref, where)
         limit = min(limit or K_MAX, max(1, n_indexed - 1)) + 1
         out: list[tuple[Example, list[Hit], np.ndarray | None]] = []
-        for examples, vecs in self.store.scroll(ref, batch_size, with_vectors=True, where=where):
-            assert vecs is not None
-            for e, row, v in zip(examples, self.store.search(ref, vecs, limit, where=where), vecs, strict=True):
-                out.append((e, [h for h in row if h.id != e.id][: limit - 1], v if with_vectors else None))
+        pages = self.store.scroll(ref, batch_size, with_vectors=True, where=where)
+        try:
+            for examples, vecs in pages:
+                assert vecs is not None
+                take = len(examples) if max_rows is None else min(len(examples), max_rows - len(out))
+                examples, vecs = examples[:take], vecs[:take]
+                for e, row, v in zip(examples, self.store.search(ref, vecs, limit, where=where), vecs, strict=True):
+                    out.append((e, [h for h in row if h.id != e.id][: limit - 1], v if with_vectors else None))
+                if max_rows is not None and len(out) >= max_rows:
+                    break
+        finally:
+            close = getattr(pages, "close", None)  # a generator: ends a served store's scroll cursor
+            if close is not None:
+                close()
         return out
 
     def tune(
@@ -761,12 +773,12 @@ class Classifier:
         if validation is None:
             if unknown_label is not None:
                 raise InputError("--unknown-label needs --validation (indexed examples are all in scope)")
-            loo = self._loo(ref, K_MAX, with_vectors=with_vectors, where=where)
+            loo = self._loo(ref, K_MAX, with_vectors=with_vectors, where=where, max_rows=LOO_ROWS)
             truth, hits = [e.label for e, _, _ in loo], [h for _, h, _ in loo]
             vecs = [v for _, _, v in loo if v is not None]
             mode = "leave-one-out"
         else:
-            loo = self._loo(ref, 10, with_vectors=unknown_label is not None, where=where)
+            loo = self._loo(ref, 10, with_vectors=unknown_label is not None, where=where, max_rows=LOO_ROWS)
             truth = [e.label for e in validation]
             arr = self.embed_texts([e.text for e in validation], ref)
             vecs = list(arr)

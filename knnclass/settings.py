@@ -39,6 +39,7 @@ ENV: dict[str, str] = {
     "BATCH_WAIT_MS": "extra wait to gather concurrent classify calls into one batch",
     "SNAPSHOT_DIR": "where POST /v1/admin/snapshot may write",
     "IMPORT_DIR": "server-side directory admin index jobs may read files from",
+    "GIL_SWITCH_MS": "longest GIL hold while another thread of the service waits (default 0.5)",
     "TO_QDRANT_API_KEY": "API key of the target Qdrant of `knnclass copy`",
     # process-wide knobs, read where they act
     "PROGRESS_FILE": "where a command writes its progress as JSON (set by the service's admin jobs)",

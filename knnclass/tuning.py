@@ -37,6 +37,7 @@ __all__ = [
     "BLENDS",
     "K_GRID",
     "K_MAX",
+    "LOO_ROWS",
     "PCT_GRID",
     "Candidate",
     "Objective",
@@ -48,6 +49,9 @@ __all__ = [
 K_GRID = (1, 2, 3, 4, 5, 7, 10, 15, 20, 30, 50)
 PCT_GRID = (0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
 K_MAX = 256
+LOO_ROWS = 20_000
+"""Leave-one-out tuning scores at most this many stored examples: the first in scroll order,
+which is by hashed id (a fixed pseudo-random sample), so re-tuning a big collection stays minutes."""
 BLENDS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 """The head's shares an ensemble rule is tried with (1.0 is the head alone)."""
 

@@ -53,6 +53,17 @@ def test_index_is_idempotent_and_stamps_encoder(clf: Classifier) -> None:
     assert clf.store.label_counts(ref) == {"card": 12, "pin": 12, "transfer": 12}
 
 
+def test_leave_one_out_tuning_scores_a_bounded_sample(clf: Classifier, monkeypatch: pytest.MonkeyPatch) -> None:
+    import knnclass.classifier as module
+
+    monkeypatch.setattr(module, "LOO_ROWS", 20)
+    result = clf.tune()
+    assert result.n == 20  # of 36 stored: the first 20 in (hashed-id) scroll order
+    assert len(clf.loo_neighbours(clf.ref())) == 36  # suspects and duplicates still see every example
+    again = clf.tune()
+    assert again.best.rule == result.best.rule  # the same sample each time
+
+
 def test_classify_needs_tuning_then_returns_evidence(clf: Classifier) -> None:
     with pytest.raises(NotTunedError):
         clf.classify(["my card broke"])

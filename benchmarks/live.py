@@ -92,18 +92,17 @@ def _cli(args: list[str]) -> tuple[float, str]:
     return round(time.perf_counter() - t0, 1), r.stdout.strip().splitlines()[-1] if r.stdout.strip() else ""
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--n", type=int, default=100_000, help="examples served at the start; as many are added")
-    ap.add_argument("--finetune-steps", type=int, default=20)
-    ap.add_argument("--clients", type=int, default=2)
-    ap.add_argument("--pause-ms", type=float, default=50.0)
-    ap.add_argument("--idle-s", type=float, default=30.0)
-    args = ap.parse_args()
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+def scenario(args: argparse.Namespace) -> dict[str, Any]:
+    """Run it; the figures (also reliability.py's scenario 13)."""
     work = Path(tempfile.mkdtemp(prefix="knnclass-live-"))
     store = ["--store", str(work / "store")]
-    res: dict[str, Any] = {"command": f"python benchmarks/live.py --n {args.n} --finetune-steps {args.finetune_steps}"}
+    res: dict[str, Any] = {
+        "command": f"python benchmarks/live.py --n {args.n} --finetune-steps {args.finetune_steps}",
+        "n": args.n,
+        "clients": args.clients,
+        "pause_ms": args.pause_ms,
+        "idle_s": args.idle_s,
+    }
     # before the service: the base collection and a fine-tuned run to promote later
     res["setup_index_s"], _ = _cli(["index", str(banking_csv(work / "base.csv", args.n)), *store])
     res["setup_tune_s"], _ = _cli(["tune", *store])
@@ -154,22 +153,25 @@ def main() -> None:
         service_exit=rc,
         cpus=os.cpu_count(),
     )
-    print(json.dumps(res, indent=2))
-    i, b = idle, busy
-    table = "\n".join(
+    return res
+
+
+def table(res: dict[str, Any]) -> str:
+    i, b, ops, phases = res["idle"], res["during"], res["ops"], res["phases"]
+    return "\n".join(
         [
             "## Run it live (#18)",
             "",
             f"Command: `{res['command']}` ({res['cpus']} cores, loopback). A service holds the embedded store with "
-            f"{args.n:,} examples under a steady load ({args.clients} clients, one ticket per request, "
-            f"{args.pause_ms:g} ms between requests); meanwhile, through the CLI (which reaches the store through the "
-            f"service and runs niced): `index` of {args.n:,} more ({ops['index_s']} s, HNSW rebuilt in a child "
+            f"{res['n']:,} examples under a steady load ({res['clients']} clients, one ticket per request, "
+            f"{res['pause_ms']:g} ms between requests); meanwhile, through the CLI (which reaches the store through the "
+            f"service and runs niced): `index` of {res['n']:,} more ({ops['index_s']} s, HNSW rebuilt in a child "
             f"process), `tune` ({ops['tune_s']} s), `promote` of a full fine-tune run ({ops['promote_s']} s, "
             "reindexing every example with the tuned encoder).",
             "",
             "| phase | requests | failed | client p50 / p99 ms | server p50 / p99 ms | max client ms |",
             "| --- | --- | --- | --- | --- | --- |",
-            f"| idle ({args.idle_s:g} s) | {i['requests']} | {i['failed']} | {i['client_p50_ms']} / {i['client_p99_ms']} | "
+            f"| idle ({res['idle_s']:g} s) | {i['requests']} | {i['failed']} | {i['client_p50_ms']} / {i['client_p99_ms']} | "
             f"{i['server_p50_ms']} / {i['server_p99_ms']} | {i['max_client_ms']} |",
             f"| during index + tune + promote | {b['requests']} | **{b['failed']}** | {b['client_p50_ms']} / "
             f"**{b['client_p99_ms']}** | {b['server_p50_ms']} / {b['server_p99_ms']} | {b['max_client_ms']} |",
@@ -184,8 +186,22 @@ def main() -> None:
             f"({'exact' if res['exact'] else 'NOT exact'}), serving {res['final_version']}.",
         ]
     )
-    save("live", res, table)
-    print(table)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--n", type=int, default=100_000, help="examples served at the start; as many are added")
+    ap.add_argument("--finetune-steps", type=int, default=20)
+    ap.add_argument("--clients", type=int, default=2)
+    ap.add_argument("--pause-ms", type=float, default=50.0)
+    ap.add_argument("--idle-s", type=float, default=30.0)
+    args = ap.parse_args()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    res = scenario(args)
+    print(json.dumps(res, indent=2))
+    text = table(res)
+    save("live", res, text)
+    print(text)
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 Loopback only; every loop is bounded in count and time. Writes benchmarks/results/reliability.{json,md}.
 
     python benchmarks/reliability.py [--n 100000] [--kills 10]
+    python benchmarks/reliability.py --only-live [--n 100000]   # scenario 13 (benchmarks/live.py) alone
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from _common import RESULTS, banking_csv, banking_rows, pct, save
+from live import scenario as live_scenario
+from live import table as live_table
 
 from tests.fuzz_http import run_fuzz
 from tests.integration._server import Server, kill_9_during_live_adds, livez_while_adding, sigterm_under_load
@@ -258,8 +261,17 @@ def main() -> None:
     ap.add_argument(
         "--max-in-flight", type=int, default=None, help="scenario 8's in-flight bound (default: the server's)"
     )
+    ap.add_argument("--only-live", action="store_true", help="re-run scenario 13 and update the saved results")
     args = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    live_args = argparse.Namespace(n=args.n, finetune_steps=20, clients=2, pause_ms=50.0, idle_s=30.0)
+    if args.only_live:
+        res = json.loads((RESULTS / "reliability.json").read_text())
+        res["live"] = live_scenario(live_args)
+        save("live", res["live"], live_table(res["live"]))
+        save("reliability", res, reliability_table(res))
+        print(reliability_table(res))
+        return
     resource.setrlimit(resource.RLIMIT_NOFILE, (4096, 4096))
     work = Path(tempfile.mkdtemp(prefix="knnclass-rel-"))
     base = work / "base"
@@ -279,7 +291,15 @@ def main() -> None:
         res["reimport_x3"] = reimport(work)
         res.update(service_scenarios(work, base, args.max_in_flight))
         res["kill9_during_index"] = kill_during_index(work, args.n, args.kills)
+        res["live"] = live_scenario(live_args)
+        save("live", res["live"], live_table(res["live"]))
     print(json.dumps(res, indent=2))
+    table = reliability_table(res)
+    save("reliability", res, table)
+    print(table)
+
+
+def reliability_table(res: dict[str, Any]) -> str:
     k, lv, fz, ov, sg, kl = (
         res["kill9_during_index"],
         res["livez_during_10k_adds"],
@@ -288,7 +308,7 @@ def main() -> None:
         res["sigterm_under_load"],
         res["kill9_during_live_adds"],
     )
-    table = "\n".join(
+    return "\n".join(
         [
             f"Command: `{res['command']}` (2 cores, loopback only).",
             "",
@@ -325,10 +345,22 @@ def main() -> None:
             "401 / 403 / 403; no key in logs or error bodies; hmac.compare_digest | rejected, never leaked |",
             f"| 12 | idempotent re-import × 3 (10,003 tickets) | 3 runs | counts {res['reimport_x3']['counts']}; "
             f"tuned rule identical: {res['reimport_x3']['rules_identical']} | exact count, no drift |",
+            *([_live_row(res["live"])] if "live" in res else []),
         ]
     )
-    save("reliability", res, table)
-    print(table)
+
+
+def _live_row(lv: dict[str, Any]) -> str:
+    d, i = lv["during"], lv["idle"]
+    busy_s = round(sum(v for k, v in lv["ops"].items() if k.endswith("_s")))
+    return (
+        f"| 13 | run it live: a service on {lv['n']:,} examples under a steady classify load ({lv['clients']} clients) "
+        f"while the CLI indexes {lv['n']:,} more, re-tunes and promotes a fine-tuned version through it "
+        f'(`{lv["command"]}`; table under "Run it live") | {d["requests"]:,} requests over {busy_s} s | '
+        f"**{d['failed']} failed**; classify p99 {i['client_p99_ms']} ms idle → **{d['client_p99_ms']} ms** "
+        f"(**{lv['ratio_client_p99']}×**; server-side {lv['ratio_server_p99']}×); final count {lv['final_count']:,} "
+        f"({'exact' if lv['exact'] else 'NOT exact'}) | 0 failed, p99 ≤ 3× idle, exact count |"
+    )
 
 
 if __name__ == "__main__":

@@ -35,6 +35,11 @@ SECTIONS = [
         "Trustworthy decisions: calibration, unknown tickets, operating points",
         "benchmarks/openset.py --head",
     ),
+    (
+        "openset-frontier",
+        "Open set: the default objective against the best trade-off (#15)",
+        "benchmarks/openset_frontier.py",
+    ),
     ("cleaning", "Tickets as e-mails: cleaning and long texts", "benchmarks/cleaning.py"),
     ("finetune", "Warm-start strategies", "benchmarks/finetune.py"),
     (

@@ -299,9 +299,7 @@ def create_app(classifier: Classifier, settings: ServiceSettings | None = None) 
     indexer = IndexBuilder(classifier.store, engine.write)
     runner = JobRunner(Path(s.jobs_dir), _store_args(classifier.store)) if s.jobs_dir else None
     store_route = (
-        StoreRoute(classifier.store, s.admin_token, engine.write, indexer, engine.yield_to_classify)
-        if s.admin_token
-        else None
+        StoreRoute(classifier.store, s.admin_token, engine.write, indexer, foreground.wait) if s.admin_token else None
     )
 
     @asynccontextmanager

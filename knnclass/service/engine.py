@@ -119,10 +119,6 @@ class Engine:
         if self._pending:
             self._next_batch()
 
-    def yield_to_classify(self, max_wait_s: float = 0.05) -> None:
-        """Block the calling (background) thread while serving work is in progress (`Foreground.wait`)."""
-        self.foreground.wait(max_wait_s)
-
     def _run_batch(self, jobs: Sequence[ClassifyJob]) -> list[ClassifyResult | KnnclassError]:
         timings = BatchTimings()
         results: list[ClassifyResult | KnnclassError | None] = [None] * len(jobs)

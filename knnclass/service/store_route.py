@@ -1,8 +1,8 @@
 """The local admin route through which other knnclass processes use the store this service holds.
 
 Qdrant Edge holds the GIL while it upserts or searches, so every call is cut into bounded
-slices, and a slice starts only once no classify call is pending or running (`pause`, the
-engine's `yield_to_classify`): classify requests go first, a bulk index or a re-tune fills the gaps.
+slices, and a slice starts only once no serving request is in progress (`pause`, the service's
+`Foreground.wait`): requests go first, a bulk index or a re-tune fills the gaps.
 Writes run on the engine's writer thread (in order with live edits); reads on their own thread.
 """
 

@@ -95,13 +95,13 @@ def test_background_work_waits_while_classify_calls_are_pending_or_running() -> 
     resumed: list[float] = []
 
     def background() -> None:  # what the store route does between two slices
-        engine.yield_to_classify(max_wait_s=5.0)
+        engine.foreground.wait(max_wait_s=5.0)
         resumed.append(time.monotonic())
 
     async def main() -> tuple[float, float]:
         await engine.start()
         t0 = time.monotonic()
-        engine.yield_to_classify(max_wait_s=5.0)  # nothing in flight: no wait
+        engine.foreground.wait(max_wait_s=5.0)  # nothing in flight: no wait
         idle_wait = time.monotonic() - t0
         call = asyncio.create_task(engine.classify(ClassifyRequest(["a"])))
         await asyncio.sleep(0.02)
@@ -130,7 +130,7 @@ def test_background_work_still_progresses_under_a_saturating_load() -> None:
         call = asyncio.create_task(engine.classify(ClassifyRequest(["a"])))
         await asyncio.sleep(0.02)
         t0 = time.monotonic()
-        await asyncio.to_thread(engine.yield_to_classify, 0.1)
+        await asyncio.to_thread(engine.foreground.wait, 0.1)
         waited = time.monotonic() - t0
         rec.release.set()
         await call

@@ -188,14 +188,19 @@ def table(res: dict[str, Any]) -> str:
     )
 
 
-def main() -> None:
+def parser() -> argparse.ArgumentParser:
+    """The scenario's arguments and their defaults (reliability.py runs it with its own --n)."""
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=100_000, help="examples served at the start; as many are added")
     ap.add_argument("--finetune-steps", type=int, default=20)
     ap.add_argument("--clients", type=int, default=2)
     ap.add_argument("--pause-ms", type=float, default=50.0)
     ap.add_argument("--idle-s", type=float, default=30.0)
-    args = ap.parse_args()
+    return ap
+
+
+def main() -> None:
+    args = parser().parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     res = scenario(args)
     print(json.dumps(res, indent=2))

@@ -29,6 +29,7 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from _common import RESULTS, banking_csv, banking_rows, pct, save
+from live import parser as live_parser
 from live import scenario as live_scenario
 from live import table as live_table
 
@@ -264,7 +265,7 @@ def main() -> None:
     ap.add_argument("--only-live", action="store_true", help="re-run scenario 13 and update the saved results")
     args = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    live_args = argparse.Namespace(n=args.n, finetune_steps=20, clients=2, pause_ms=50.0, idle_s=30.0)
+    live_args = live_parser().parse_args(["--n", str(args.n)])
     if args.only_live:
         res = json.loads((RESULTS / "reliability.json").read_text())
         res["live"] = live_scenario(live_args)

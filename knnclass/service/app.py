@@ -305,27 +305,29 @@ def create_app(classifier: Classifier, settings: ServiceSettings | None = None) 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         switch = sys.getswitchinterval()
-        sys.setswitchinterval(s.gil_switch_ms / 1000)  # this process serves now; restored after
-        await engine.start()
+        sys.setswitchinterval(s.gil_switch_ms / 1000)  # this process serves now; restored however it stops
         try:
-            await engine.read(_warm, classifier)
-        except KnnclassError as e:
-            log.warning("not ready yet: %s", e)
-        keeper = asyncio.create_task(indexer.keep_up(s.index_check_s)) if indexer.out_of_process else None
-        if runner is not None:
-            await runner.start()
-        yield
-        if runner is not None:
-            await runner.stop()
-        if keeper is not None:
-            keeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await keeper
-        await engine.stop()
-        if store_route is not None:
-            store_route.shutdown()
-        classifier.store.close()
-        sys.setswitchinterval(switch)
+            await engine.start()
+            try:
+                await engine.read(_warm, classifier)
+            except KnnclassError as e:
+                log.warning("not ready yet: %s", e)
+            keeper = asyncio.create_task(indexer.keep_up(s.index_check_s)) if indexer.out_of_process else None
+            if runner is not None:
+                await runner.start()
+            yield
+            if runner is not None:
+                await runner.stop()
+            if keeper is not None:
+                keeper.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await keeper
+            await engine.stop()
+            if store_route is not None:
+                store_route.shutdown()
+            classifier.store.close()
+        finally:
+            sys.setswitchinterval(switch)
         log.warning("knnclass: requests drained; store flushed and closed")
 
     # /docs and /redoc from assets fastapi-offline installs: they work with no internet

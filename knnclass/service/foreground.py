@@ -27,9 +27,10 @@ class Foreground:
 
     def leave(self) -> None:
         with self._mu:
+            if self._n == 0:  # a caller's enter/leave pairing is broken: say so, never count below zero
+                raise RuntimeError("Foreground.leave without a matching enter")
             self._n -= 1
-            if self._n <= 0:
-                self._n = 0
+            if self._n == 0:
                 self._quiet.set()
 
     def wait(self, max_wait_s: float = 0.05) -> None:

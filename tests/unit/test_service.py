@@ -445,3 +445,37 @@ def test_the_service_shortens_the_gil_switch_interval_while_it_runs(tmp_path: Pa
     assert sys.getswitchinterval() == before
     with pytest.raises(InputError, match="GIL_SWITCH_MS"):
         ServiceSettings(gil_switch_ms=0)
+
+
+def test_the_gil_switch_interval_is_restored_when_startup_fails(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sys
+
+    from knnclass.service.jobs import JobRunner
+
+    async def broken(self: JobRunner) -> None:
+        raise RuntimeError("job runner failed to start")
+
+    monkeypatch.setattr(JobRunner, "start", broken)
+    before = sys.getswitchinterval()
+    app = create_app(_clf(tmp_path / "s"), ServiceSettings(gil_switch_ms=0.25, jobs_dir=str(tmp_path / "jobs")))
+    with pytest.raises(RuntimeError, match="failed to start"), TestClient(app):
+        pass
+    assert sys.getswitchinterval() == before
+
+
+def test_foreground_refuses_a_leave_without_an_enter() -> None:
+    from knnclass.service.foreground import Foreground
+
+    fg = Foreground()
+    fg.enter()
+    fg.enter()
+    fg.leave()
+    assert not fg._quiet.is_set()  # one request still in progress
+    fg.leave()
+    assert fg._quiet.is_set()
+    with pytest.raises(RuntimeError, match="without a matching enter"):
+        fg.leave()
+    fg.enter()
+    assert not fg._quiet.is_set()  # the refused leave did not push the count below zero

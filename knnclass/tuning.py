@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
+from statistics import NormalDist
 from typing import Any
 
 import numpy as np
@@ -44,6 +45,7 @@ __all__ = [
     "TuningResult",
     "hits_to_arrays",
     "tune_rule",
+    "wilson_lower",
 ]
 
 K_GRID = (1, 2, 3, 4, 5, 7, 10, 15, 20, 30, 50)
@@ -69,12 +71,16 @@ class Objective:
     `target_accuracy`: answered tickets reach it, coverage maximised.
     `target_unknown_recall`: unknown rows abstained on at least that often, in-scope
     accuracy maximised (needs unknown rows).
+    A target is reached where the one-sided `confidence` lower bound (Wilson score) of the
+    validation figure reaches it, not the figure alone: the point that only just reaches a
+    target on validation falls short on fresh tickets about half the time (0.5: the figure).
     """
 
     target_accuracy: float | None = None
     target_unknown_recall: float | None = None
     unknown_weight: float = 0.5
     unknown_rate: float = 0.01
+    confidence: float = 0.9
 
     def __post_init__(self) -> None:
         if self.target_accuracy is not None and self.target_unknown_recall is not None:
@@ -87,12 +93,15 @@ class Objective:
             raise InputError(f"unknown weight must be in (0, 1), not {self.unknown_weight}")
         if not 0 <= self.unknown_rate < 1:
             raise InputError(f"unknown rate must be in [0, 1), not {self.unknown_rate}")
+        if not 0.5 <= self.confidence < 1:
+            raise InputError(f"target confidence must be in [0.5, 1), not {self.confidence}")
 
     def describe(self, has_unknown: bool = True) -> str:
+        bound = f" ({100 * self.confidence:g} % lower bound)" if self.confidence > 0.5 else ""
         if self.target_accuracy is not None:
-            return f"answered accuracy >= {self.target_accuracy:g}, coverage maximised"
+            return f"answered accuracy >= {self.target_accuracy:g}{bound}, coverage maximised"
         if self.target_unknown_recall is not None:
-            return f"unknown recall >= {self.target_unknown_recall:g}, in-scope accuracy maximised"
+            return f"unknown recall >= {self.target_unknown_recall:g}{bound}, in-scope accuracy maximised"
         if not has_unknown:
             floor = (
                 f"novelty floor flagging {100 * self.unknown_rate:g} % of in-scope rows"
@@ -165,18 +174,44 @@ def _curve(sc: Scored, eligible: np.ndarray, correct: np.ndarray, unknown: np.nd
     n, n_unknown = len(correct), int(unknown.sum())
     n_known = n - n_unknown
     with np.errstate(invalid="ignore", divide="ignore"):
-        return {
+        out = {
             "threshold": threshold,
             "coverage": answered / max(n, 1),
             "answered_accuracy": np.where(answered > 0, right / np.maximum(answered, 1), 1.0),
             "in_scope_accuracy": right / max(n_known, 1),
             "unknown_recall": 1.0 - wrong_unknown / max(n_unknown, 1) if n_unknown else np.full(len(answered), np.nan),
+            "n_answered": answered.astype(np.float64),
+            "n_right": right.astype(np.float64),
         }
+    if n_unknown:
+        out["n_unknown"] = np.full(len(answered), float(n_unknown))
+        out["n_unknown_caught"] = (n_unknown - wrong_unknown).astype(np.float64)
+    return out
 
 
-def _constrained(curve: dict[str, np.ndarray], key: str, target: float, maximise: str) -> tuple[int, float, bool]:
-    """The point maximising `maximise` among those whose `key` reaches `target`; else the highest `key`."""
-    ok = curve[key] >= target - 1e-12
+def wilson_lower(successes: np.ndarray, trials: np.ndarray | int, confidence: float) -> np.ndarray:
+    """One-sided `confidence` lower bound (Wilson score) of a proportion; 0 where there are no
+    trials, the proportion itself at confidence 0.5."""
+    k = np.asarray(successes, dtype=np.float64)
+    n = np.broadcast_to(np.asarray(trials, dtype=np.float64), k.shape)
+    z = NormalDist().inv_cdf(confidence)
+    safe = np.maximum(n, 1.0)
+    p = k / safe
+    centre = p + z * z / (2 * safe)
+    spread = z * np.sqrt(p * (1 - p) / safe + z * z / (4 * safe * safe))
+    return np.asarray(np.where(n > 0, (centre - spread) / (1 + z * z / safe), 0.0))
+
+
+def _constrained(
+    curve: dict[str, np.ndarray], key: str, target: float, maximise: str, confidence: float = 0.5
+) -> tuple[int, float, bool]:
+    """The point maximising `maximise` among those whose `key` reaches `target` (its `confidence`
+    lower bound does, see `wilson_lower`); else the highest `key`."""
+    if key == "answered_accuracy":
+        low = wilson_lower(curve["n_right"], curve["n_answered"], confidence)
+    else:
+        low = wilson_lower(curve["n_unknown_caught"], curve["n_unknown"], confidence)
+    ok = low >= target - 1e-12
     if ok.any():
         value = np.where(ok, curve[maximise], -1.0)
         i = int(np.argmax(value))
@@ -188,9 +223,11 @@ def _constrained(curve: dict[str, np.ndarray], key: str, target: float, maximise
 def _choose(curve: dict[str, np.ndarray], objective: Objective, has_unknown: bool) -> tuple[int, float, bool]:
     """Index of the chosen point on `curve`, its objective value, and whether a target was met."""
     if objective.target_accuracy is not None:
-        return _constrained(curve, "answered_accuracy", objective.target_accuracy, "coverage")
+        return _constrained(curve, "answered_accuracy", objective.target_accuracy, "coverage", objective.confidence)
     if objective.target_unknown_recall is not None:
-        return _constrained(curve, "unknown_recall", objective.target_unknown_recall, "in_scope_accuracy")
+        return _constrained(
+            curve, "unknown_recall", objective.target_unknown_recall, "in_scope_accuracy", objective.confidence
+        )
     if has_unknown:
         w = objective.unknown_weight
         value = (1 - w) * curve["in_scope_accuracy"] + w * curve["unknown_recall"]
@@ -201,7 +238,9 @@ def _choose(curve: dict[str, np.ndarray], objective: Objective, has_unknown: boo
 
 
 def _point(curve: dict[str, np.ndarray], i: int, novelty: float | None) -> dict[str, Any]:
-    d: dict[str, Any] = {k: float(v[i]) for k, v in curve.items() if not np.isnan(v[i])}
+    d: dict[str, Any] = {
+        k: int(v[i]) if k.startswith("n_") else float(v[i]) for k, v in curve.items() if not np.isnan(v[i])
+    }
     d["novelty"] = novelty
     return d
 

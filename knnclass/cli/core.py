@@ -245,6 +245,14 @@ def _source_for(so: dict[str, Any], text_cols: tuple[str, ...], template: str | 
     help="Operating point: abstain on at least this share of unknown rows (needs --unknown-label).",
 )
 @click.option(
+    "--target-confidence",
+    type=click.FloatRange(0.5, 1, max_open=True),
+    default=0.9,
+    show_default=True,
+    help="A target counts as reached where this one-sided lower bound of the validation figure reaches it "
+    "(0.5: the figure itself), so it holds on new tickets too.",
+)
+@click.option(
     "--unknown-weight",
     type=click.FloatRange(0, 1, min_open=True, max_open=True),
     default=0.5,
@@ -279,6 +287,7 @@ def tune(
     where: tuple[str, ...],
     target_accuracy: float | None,
     target_unknown_recall: float | None,
+    target_confidence: float,
     unknown_weight: float,
     unknown_rate: float,
     long_text: str | None,
@@ -309,7 +318,7 @@ def tune(
         src = text_source(text_cols, text_template, _stamped_source(stamp))
         val = read_examples(validation, src, cols, id_col, None, delimiter=delimiter, label_maps=maps)
     clf = open_classifier(create=False, **so)
-    objective = Objective(target_accuracy, target_unknown_recall, unknown_weight, unknown_rate)
+    objective = Objective(target_accuracy, target_unknown_recall, unknown_weight, unknown_rate, target_confidence)
     with clf.store:
         long_scores = clf.set_long_text(val, long_text) if long_text else {}
         results = clf.tune_all(val, unknown_label, objective, parse_where(where))

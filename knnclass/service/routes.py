@@ -231,6 +231,7 @@ def collection_router(
             ("--id-col", body.id_col),
             ("--target-accuracy", body.target_accuracy),
             ("--target-unknown-recall", body.target_unknown_recall),
+            ("--target-confidence", body.target_confidence),
             ("--long-text", body.long_text),
         ):
             if value is not None:

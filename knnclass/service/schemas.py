@@ -190,6 +190,7 @@ class TuneJobRequest(_Strict):
     id_col: StrictStr | None = Field(None, max_length=256)
     target_accuracy: StrictFloat | None = Field(None, gt=0, le=1)
     target_unknown_recall: StrictFloat | None = Field(None, gt=0, le=1)
+    target_confidence: StrictFloat | None = Field(None, ge=0.5, lt=1)
     long_text: StrictStr | None = Field(None, max_length=32)
 
 

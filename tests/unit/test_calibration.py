@@ -158,3 +158,45 @@ def test_default_objective_weighs_both_kinds_of_error_alike() -> None:
     tune = cli.commands["tune"]  # type: ignore[attr-defined]
     default = next(p.default for p in tune.params if p.name == "unknown_weight")
     assert default == Objective().unknown_weight
+
+
+def test_wilson_lower_bound_of_a_proportion() -> None:
+    from knnclass.tuning import wilson_lower
+
+    low = wilson_lower(np.array([75.0, 750.0, 0.0, 5.0]), np.array([100.0, 1000.0, 0.0, 5.0]), 0.9)
+    assert low[0] == pytest.approx(0.69076, abs=1e-4)  # z = 1.2816: by hand from the Wilson score formula
+    assert low[0] < low[1] < 0.75  # more trials, a tighter bound, still below the proportion
+    assert low[2] == 0.0 and 0.7 < low[3] < 1.0  # no trials: nothing known; 5 of 5 is not certainty
+    assert wilson_lower(np.array([75.0]), 100, 0.5)[0] == pytest.approx(0.75)
+
+
+def test_a_target_counts_as_reached_where_its_lower_bound_reaches_it() -> None:
+    from knnclass.tuning import _choose
+
+    # 20 unknown rows: recall 15/20 reaches 0.75 only as a point estimate; 18/20's 90 % bound does too
+    curve = {
+        "in_scope_accuracy": np.array([0.95, 0.90, 0.80]),
+        "unknown_recall": np.array([0.60, 0.75, 0.90]),
+        "n_unknown": np.full(3, 20.0),
+        "n_unknown_caught": np.array([12.0, 15.0, 18.0]),
+    }
+    assert _choose(curve, Objective(target_unknown_recall=0.75, confidence=0.5), True)[:3:2] == (1, True)
+    assert _choose(curve, Objective(target_unknown_recall=0.75), True)[:3:2] == (2, True)
+    i, _, met = _choose(curve, Objective(target_unknown_recall=0.9), True)
+    assert (i, met) == (2, False)  # unreachable with 90 % confidence: the highest recall, said so
+    acc = {
+        "coverage": np.array([0.0, 0.5, 0.9]),
+        "answered_accuracy": np.array([1.0, 0.99, 0.97]),
+        "n_answered": np.array([0.0, 50.0, 900.0]),
+        "n_right": np.array([0.0, 49.5, 873.0]),
+    }
+    assert _choose(acc, Objective(target_accuracy=0.95, confidence=0.5), False)[0] == 2
+    assert _choose(acc, Objective(target_accuracy=0.96), False)[0] == 2  # 873 of 900: bound 0.962
+    # 0.965: no point's bound reaches it (answering nothing proves nothing): the most accurate point, said so
+    assert _choose(acc, Objective(target_accuracy=0.965), False)[::2] == (0, False)
+    assert (
+        Objective(target_accuracy=0.98).describe() == "answered accuracy >= 0.98 (90 % lower bound), coverage maximised"
+    )
+    assert Objective(target_accuracy=0.98, confidence=0.5).describe() == "answered accuracy >= 0.98, coverage maximised"
+    with pytest.raises(InputError, match="target confidence"):
+        Objective(target_accuracy=0.98, confidence=0.3)

@@ -179,7 +179,11 @@ def test_admin_jobs_index_tune_promote_rollback_and_resume(tmp_path: Path, data_
         assert _wait_job(s, r.json()["id"])["state"] == "done"
         assert httpx.get(s.url + "/v1/collections/other/info").json()["count"] == 150
         # tune, then promote a transfer run and roll it back
-        assert _wait_job(s, httpx.post(s.url + "/v1/jobs/tune", json={}).json()["id"])["state"] == "done"
+        r = httpx.post(s.url + "/v1/jobs/tune", json={"target_accuracy": 0.5, "target_confidence": 0.3})
+        assert r.status_code == 422 and "target_confidence" in r.text  # refused before a job is made
+        target = {"target_accuracy": 0.5, "target_confidence": 0.8}
+        assert _wait_job(s, httpx.post(s.url + "/v1/jobs/tune", json=target).json()["id"])["state"] == "done"
+        assert "80 % lower bound" in httpx.get(s.url + "/v1/info").json()["tuning"]["point"]["objective"]
         r = httpx.post(s.url + "/v1/classify", json={"text": "my card has not arrived"})
         assert r.status_code == 200 and r.json()["predictions"][0]["label"] == "card_arrival"
         _ok(["finetune", str(tmp_path / "train.csv"), "--strategy", "transfer", "--out", str(tmp_path / "run")])

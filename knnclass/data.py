@@ -61,6 +61,15 @@ class Example:
             p["meta"] = dict(self.meta)
         return p
 
+    def to_dict(self) -> dict[str, Any]:
+        """As the API and snapshots show it: id, text, label; extra label sets and metadata only where it has them."""
+        d: dict[str, Any] = {"id": self.id, "text": self.text, "label": self.label}
+        if self.labels:
+            d["labels"] = dict(self.labels)
+        if self.meta:
+            d["meta"] = dict(self.meta)
+        return d
+
     @classmethod
     def from_payload(cls, payload: dict[str, Any], ext_id: str | None = None) -> Example:
         return cls(

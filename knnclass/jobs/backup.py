@@ -45,6 +45,7 @@ from ..errors import (
     StoreError,
     VerificationError,
 )
+from ..store._files import fsync_dir
 from ..store.base import HISTORY_KEY, CollectionMeta, Ref, Store, validate_name
 
 __all__ = ["ContentHash", "Snapshot", "copy_collection", "export_data", "restore", "snapshot"]
@@ -223,14 +224,6 @@ class Snapshot:
 
 
 # --- snapshot --------------------------------------------------------------------------------
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _write_snapshot(src: _StoreSource, path: Path, progress: Progress | None) -> dict[str, Any]:
     files: dict[str, dict[str, Any]] = {}
     versions = []
@@ -245,7 +238,7 @@ def _write_snapshot(src: _StoreSource, path: Path, progress: Progress | None) ->
             h = ContentHash()
             parts = 0
             for examples, vecs in src.batches(v.name):
-                lines = (json.dumps(_point(e), ensure_ascii=False) for e in examples)
+                lines = (json.dumps(e.to_dict(), ensure_ascii=False) for e in examples)
                 put(f"versions/{v.name}/points-{parts:05d}.jsonl", ("\n".join(lines) + "\n").encode())
                 buf = io.BytesIO()
                 np.save(buf, np.ascontiguousarray(vecs, dtype="<f4"), allow_pickle=False)
@@ -321,7 +314,7 @@ def snapshot(
             with tmp.open("rb") as f:
                 os.fsync(f.fileno())
             os.replace(tmp, out)
-            _fsync_dir(out.parent)
+            fsync_dir(out.parent)
             return {
                 "collection": name,
                 "file": str(out),
@@ -627,13 +620,3 @@ def export_data(
         "vectors": with_vectors,
         "columns": columns,
     }
-
-
-def _point(e: Example) -> dict[str, Any]:
-    """A stored example as a snapshot line: extra label sets and metadata only where it has them."""
-    d: dict[str, Any] = {"id": e.id, "text": e.text, "label": e.label}
-    if e.labels:
-        d["labels"] = e.labels
-    if e.meta:
-        d["meta"] = e.meta
-    return d

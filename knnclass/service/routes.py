@@ -33,7 +33,7 @@ from .schemas import (
     TuneJobRequest,
 )
 
-__all__ = ["RouteContext", "collection_router", "example_out", "json_response"]
+__all__ = ["RouteContext", "collection_router", "json_response"]
 
 
 def json_response(payload: dict[str, Any], status_code: int = 200) -> Response:
@@ -72,16 +72,6 @@ class RouteContext:
         if self.jobs is None:
             raise self.forbidden("admin jobs are off in this service (they need an embedded store or a jobs dir)")
         return self.jobs
-
-
-def example_out(e: Example) -> dict[str, Any]:
-    """An example as the API shows it: its extra label sets and metadata only where it has them."""
-    out: dict[str, Any] = {"id": e.id, "text": e.text, "label": e.label}
-    if e.labels:
-        out["labels"] = e.labels
-    if e.meta:
-        out["meta"] = e.meta
-    return out
 
 
 def collection_router(
@@ -135,7 +125,8 @@ def collection_router(
 
     @r.get("/examples/{example_id:path}", tags=ex_tags, dependencies=read)
     async def get_example(example_id: str, clf: Classifier = Depends(pick)) -> dict[str, Any]:
-        return example_out(await engine.read(clf.get, example_id))
+        e: Example = await engine.read(clf.get, example_id)
+        return e.to_dict()
 
     @r.patch("/examples/{example_id:path}", tags=ex_tags, dependencies=write)
     async def relabel(example_id: str, body: RelabelRequest, clf: Classifier = Depends(pick)) -> dict[str, Any]:
@@ -147,7 +138,7 @@ def collection_router(
             e = await engine.write(clf.relabel, example_id, label, None, who, name)
         if e is None:
             raise InputError("give label or labels")
-        return example_out(e)
+        return e.to_dict()
 
     @r.delete("/examples/{example_id:path}", tags=ex_tags, dependencies=write)
     async def delete(example_id: str, clf: Classifier = Depends(pick)) -> dict[str, Any]:

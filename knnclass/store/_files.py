@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 
 from ..errors import StoreCorruptError, StoreLockedError
 
-__all__ = ["FileCache", "ProcessLock", "atomic_write_text", "read_json"]
+__all__ = ["FileCache", "ProcessLock", "atomic_write_text", "fsync_dir", "read_json"]
 
 T = TypeVar("T")
 
@@ -27,7 +27,12 @@ def atomic_write_text(path: Path, text: str) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
-    fd = os.open(path.parent, os.O_RDONLY)
+    fsync_dir(path.parent)
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a directory's entries (a file created, renamed or removed in it) durable."""
+    fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:

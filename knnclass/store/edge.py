@@ -27,7 +27,7 @@ from ..errors import (
     StoreLockedError,
 )
 from ..settings import env
-from ._files import FileCache, ProcessLock, atomic_write_text, read_json
+from ._files import FileCache, ProcessLock, atomic_write_text, fsync_dir, read_json
 from .base import CollectionMeta, Hit, HnswSettings, Ref, Store, Where, in_order, validate_history_log, validate_name
 
 __all__ = ["EdgeStore"]
@@ -73,14 +73,6 @@ def _index_schema(kind: str) -> Any:
 
 def _tree_bytes(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _recover_index_build(path: Path) -> None:
@@ -470,7 +462,7 @@ class EdgeStore(Store):
             old.close()
             os.replace(path, path.with_name("shard.old"))
             os.replace(build, path)  # a crash between the two renames: _recover_index_build undoes the first
-            _fsync_dir(path.parent)
+            fsync_dir(path.parent)
             shutil.rmtree(path.with_name("shard.old"), ignore_errors=True)
             self._shard(ref)
         return len(uuids)
@@ -502,11 +494,7 @@ class EdgeStore(Store):
             finally:
                 os.close(fd)
             if new:
-                dfd = os.open(path.parent, os.O_RDONLY)
-                try:
-                    os.fsync(dfd)
-                finally:
-                    os.close(dfd)
+                fsync_dir(path.parent)
 
     def read_history(self, name: str, log: str) -> list[dict[str, Any]]:
         try:

@@ -97,11 +97,11 @@ class Objective:
             raise InputError(f"target confidence must be in [0.5, 1), not {self.confidence}")
 
     def describe(self, has_unknown: bool = True) -> str:
-        bound = f" ({100 * self.confidence:g} % lower bound)" if self.confidence > 0.5 else ""
+        bound = f"'s {100 * self.confidence:g} % lower bound" if self.confidence > 0.5 else ""
         if self.target_accuracy is not None:
-            return f"answered accuracy >= {self.target_accuracy:g}{bound}, coverage maximised"
+            return f"answered accuracy{bound} >= {self.target_accuracy:g}, coverage maximised"
         if self.target_unknown_recall is not None:
-            return f"unknown recall >= {self.target_unknown_recall:g}{bound}, in-scope accuracy maximised"
+            return f"unknown recall{bound} >= {self.target_unknown_recall:g}, in-scope accuracy maximised"
         if not has_unknown:
             floor = (
                 f"novelty floor flagging {100 * self.unknown_rate:g} % of in-scope rows"

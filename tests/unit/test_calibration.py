@@ -195,7 +195,7 @@ def test_a_target_counts_as_reached_where_its_lower_bound_reaches_it() -> None:
     # 0.965: no point's bound reaches it (answering nothing proves nothing): the most accurate point, said so
     assert _choose(acc, Objective(target_accuracy=0.965), False)[::2] == (0, False)
     assert (
-        Objective(target_accuracy=0.98).describe() == "answered accuracy >= 0.98 (90 % lower bound), coverage maximised"
+        Objective(target_accuracy=0.98).describe() == "answered accuracy's 90 % lower bound >= 0.98, coverage maximised"
     )
     assert Objective(target_accuracy=0.98, confidence=0.5).describe() == "answered accuracy >= 0.98, coverage maximised"
     with pytest.raises(InputError, match="target confidence"):

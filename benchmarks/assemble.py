@@ -33,7 +33,7 @@ SECTIONS = [
     (
         "openset",
         "Trustworthy decisions: calibration, unknown tickets, operating points",
-        "benchmarks/openset.py --head",
+        "benchmarks/openset.py --tuned, then --latency",
     ),
     (
         "openset-frontier",

@@ -48,6 +48,18 @@ SECTIONS = [
         "benchmarks/finetune.py --compare-losses / --strategies knn,contrastive",
     ),
     (
+        "finetune-contrastive-3ep",
+        "Contrastive tuning, three full epochs (issue #19): batch-all",
+        "benchmarks/finetune.py --strategies knn,contrastive --epochs 3 --contrastive-lr 5e-5 --max-seq-length 64 "
+        "--threads 2 --name finetune-contrastive-3ep",
+    ),
+    (
+        "finetune-contrastive-3ep-mnrl",
+        "Contrastive tuning, three full epochs (issue #19): MultipleNegativesRankingLoss",
+        "benchmarks/finetune.py --strategies knn,contrastive --loss mnrl --epochs 3 --contrastive-lr 5e-5 "
+        "--max-seq-length 64 --threads 2 --name finetune-contrastive-3ep-mnrl",
+    ),
+    (
         "finetune-ensemble",
         "Ensemble rule: a head blended with the kNN vote (issue #19)",
         "benchmarks/finetune.py --strategies knn,transfer,full --name finetune-ensemble",
@@ -77,7 +89,10 @@ def main() -> None:
     for name, title, script in SECTIONS:
         f = RESULTS / f"{name}.md"
         if f.exists():
-            parts += [f"## {title}", "", f"Script: `{script}`.", "", f.read_text().strip(), ""]
+            body = f.read_text().strip()
+            if body.startswith("# "):  # a script's own page title: the section heading stands for it
+                body = body.split("\n", 1)[1].strip() if "\n" in body else ""
+            parts += [f"## {title}", "", f"Script: `{script}`.", "", body, ""]
             if name in notes:
                 parts += [f"> {notes[name]}", ""]
     (HERE / "RESULTS.md").write_text("\n".join(parts))

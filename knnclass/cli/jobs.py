@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from ..data import TextSource
 
 _STRATEGIES = ("full", "last-layer", "transfer", "knn", "contrastive")
-_LOSSES = ("batch-all", "supcon", "mnrl", "batch-hard-soft")  # = jobs.settings.LOSSES (default first)
+_LOSSES = ("mnrl", "batch-all", "supcon", "batch-hard-soft")  # = jobs.settings.LOSSES (default first)
 
 
 def _log(msg: str) -> None:
@@ -128,8 +128,8 @@ def _data_options(f: Any) -> Any:
             default=_LOSSES[0],
             show_default=True,
             type=click.Choice(_LOSSES),
-            help="contrastive: supervised contrastive, batch-all / batch-hard soft-margin triplet, or "
-            "MultipleNegativesRankingLoss over label pairs.",
+            help="contrastive: MultipleNegativesRankingLoss over label pairs, batch-all / batch-hard "
+            "soft-margin triplet, or supervised contrastive.",
         ),
         click.option(
             "--per-label",

@@ -11,8 +11,10 @@ __all__ = ["CLASSIFIERS", "LOSSES", "STRATEGIES", "FinetuneSettings"]
 
 STRATEGIES = ("full", "last-layer", "transfer", "knn", "contrastive")
 CLASSIFIERS = ("logreg", "svm", "mlp", "knn")
-# contrastive losses (see jobs.losses); the first is the default, picked on Banking77 (benchmarks/RESULTS.md)
-LOSSES = ("batch-all", "supcon", "mnrl", "batch-hard-soft")
+# contrastive losses (see jobs.losses); the first is the default: on Banking77, three full epochs each
+# (benchmarks/RESULTS.md), mnrl lifted validation kNN 92.5 -> 93.8 % and test 92.27 -> 92.66 %, while
+# batch-all never beat the pretrained encoder on validation
+LOSSES = ("mnrl", "batch-all", "supcon", "batch-hard-soft")
 
 
 @dataclass(frozen=True)

@@ -106,6 +106,11 @@ def test_tasks_split_and_settings(tmp_path: Path) -> None:
         FinetuneSettings(strategy="bogus")
     with pytest.raises(InputError):
         FinetuneSettings(scheduler="steep")
+    from knnclass.cli.jobs import _LOSSES
+    from knnclass.jobs.settings import LOSSES
+
+    # the CLI keeps its own copy (it must not import the training stack): same losses, same default
+    assert _LOSSES == LOSSES and FinetuneSettings().loss == LOSSES[0] == "mnrl"
 
 
 def test_knn_scoring_matches_brute_force() -> None:

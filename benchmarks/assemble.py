@@ -60,6 +60,12 @@ SECTIONS = [
         "--max-seq-length 64 --threads 2 --name finetune-contrastive-3ep-mnrl",
     ),
     (
+        "finetune-contrastive-mnrl-lr1e-4",
+        "Contrastive tuning, three full epochs (issue #19): MultipleNegativesRankingLoss at lr 1e-4",
+        "benchmarks/finetune.py --strategies knn,contrastive --loss mnrl --epochs 3 --contrastive-lr 1e-4 "
+        "--max-seq-length 64 --threads 2 --name finetune-contrastive-mnrl-lr1e-4",
+    ),
+    (
         "finetune-ensemble",
         "Ensemble rule: a head blended with the kNN vote (issue #19)",
         "benchmarks/finetune.py --strategies knn,transfer,full --name finetune-ensemble",

@@ -343,18 +343,10 @@ def tuned_open_set(tmp: Path, store: list[str], epochs: int) -> dict[str, object
     )
     trained = round(time.perf_counter() - t0, 1)
     knn("promote", str(run), *store)
-    knn("tune", *store, "--validation", str(tmp / "val.csv"), "--unknown-label", "unknown")
+    tune = ["tune", *store, "--validation", str(tmp / "val.csv"), "--unknown-label", "unknown"]
+    knn(*tune)
     out: dict[str, object] = {"open_default": _ev(tmp / "test.csv", *store), "epochs": epochs, "train_seconds": trained}
-    knn(
-        "tune",
-        *store,
-        "--validation",
-        str(tmp / "val.csv"),
-        "--unknown-label",
-        "unknown",
-        "--target-unknown-recall",
-        "0.75",
-    )
+    knn(*tune, "--target-unknown-recall", "0.75")
     out["open_target_recall_0.75"] = _ev(tmp / "test.csv", *store)
     out["seconds"] = round(time.perf_counter() - t0, 1)
     return out
@@ -386,28 +378,27 @@ def render(res: dict[str, Any]) -> str:
         "closed_target_0.99": "closed set, `--target-accuracy 0.99`",
         "knn_on_same_index": "closed set (90 % indexed), kNN vote",
     }
-    for key, name in names.items():
-        m = res.get(key)
-        if not isinstance(m, dict):
-            continue
-        lines.append(
+
+    def row(name: str, m: dict[str, Any]) -> str:
+        return (
             f"| {name} | {f(m.get('accuracy'))} | {f(m.get('in_scope_accuracy'))} | {f(m.get('unknown_recall'))} | "
             f"{f(m.get('auroc_unknown'))} | {f(m.get('coverage'))} | {f(m.get('answered_accuracy'))} | "
             f"{f(m.get('guess_accuracy'))} | {f(m.get('ece'))} |"
         )
+
+    for key, name in names.items():
+        m = res.get(key)
+        if isinstance(m, dict):
+            lines.append(row(name, m))
     tuned = res.get("tuned")
     if isinstance(tuned, dict):
-        rows = (
+        for key, what in (
             ("open_default", "default objective"),
             ("open_target_recall_0.75", "`--target-unknown-recall 0.75`"),
-        )
-        for key, what in rows:
+        ):
             m = tuned[key]
             lines.append(
-                f"| open set, encoder fully tuned ({tuned['epochs']} epochs; serves {m.get('source')}), {what} | "
-                f"{f(m.get('accuracy'))} | {f(m.get('in_scope_accuracy'))} | {f(m.get('unknown_recall'))} | "
-                f"{f(m.get('auroc_unknown'))} | {f(m.get('coverage'))} | {f(m.get('answered_accuracy'))} | "
-                f"{f(m.get('guess_accuracy'))} | {f(m.get('ece'))} |"
+                row(f"open set, encoder fully tuned ({tuned['epochs']} epochs; serves {m.get('source')}), {what}", m)
             )
     head = res.get("head")
     if isinstance(head, dict):

@@ -54,16 +54,15 @@ class Example:
 
     def payload(self) -> dict[str, Any]:
         """What the stores keep of it besides the vector."""
-        p: dict[str, Any] = {"label": self.label, "text": self.text, "ext_id": self.id}
-        if self.labels:
-            p["labels"] = dict(self.labels)
-        if self.meta:
-            p["meta"] = dict(self.meta)
-        return p
+        return {"label": self.label, "text": self.text, "ext_id": self.id, **self._extras()}
 
     def to_dict(self) -> dict[str, Any]:
         """As the API and snapshots show it: id, text, label; extra label sets and metadata only where it has them."""
-        d: dict[str, Any] = {"id": self.id, "text": self.text, "label": self.label}
+        return {"id": self.id, "text": self.text, "label": self.label, **self._extras()}
+
+    def _extras(self) -> dict[str, Any]:
+        """Its extra label sets and metadata (copies), only those it has."""
+        d: dict[str, Any] = {}
         if self.labels:
             d["labels"] = dict(self.labels)
         if self.meta:

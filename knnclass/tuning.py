@@ -202,15 +202,17 @@ def wilson_lower(successes: np.ndarray, trials: np.ndarray | int, confidence: fl
     return np.asarray(np.where(n > 0, (centre - spread) / (1 + z * z / safe), 0.0))
 
 
+_COUNTS = {"answered_accuracy": ("n_right", "n_answered"), "unknown_recall": ("n_unknown_caught", "n_unknown")}
+"""The curve's counts behind each proportion a target can be set on: (successes, trials)."""
+
+
 def _constrained(
     curve: dict[str, np.ndarray], key: str, target: float, maximise: str, confidence: float = 0.5
 ) -> tuple[int, float, bool]:
     """The point maximising `maximise` among those whose `key` reaches `target` (its `confidence`
     lower bound does, see `wilson_lower`); else the highest `key`."""
-    if key == "answered_accuracy":
-        low = wilson_lower(curve["n_right"], curve["n_answered"], confidence)
-    else:
-        low = wilson_lower(curve["n_unknown_caught"], curve["n_unknown"], confidence)
+    successes, trials = _COUNTS[key]
+    low = wilson_lower(curve[successes], curve[trials], confidence)
     ok = low >= target - 1e-12
     if ok.any():
         value = np.where(ok, curve[maximise], -1.0)

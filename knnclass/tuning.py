@@ -36,6 +36,7 @@ from .voting import FEATURES, Rule, k_for_percent, vote_batch
 
 __all__ = [
     "BLENDS",
+    "DEFAULT_UNKNOWN_RECALL",
     "K_GRID",
     "K_MAX",
     "LOO_ROWS",
@@ -54,6 +55,8 @@ K_MAX = 256
 LOO_ROWS = 20_000
 """Leave-one-out tuning scores at most this many stored examples: the first in scroll order,
 which is by hashed id (a fixed pseudo-random sample), so re-tuning a big collection stays minutes."""
+DEFAULT_UNKNOWN_RECALL = 0.75
+"""The default objective's floor on unknown recall (with unknown rows in validation): three in four caught."""
 BLENDS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 """The head's shares an ensemble rule is tried with (1.0 is the head alone)."""
 
@@ -62,12 +65,15 @@ BLENDS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 class Objective:
     """Where to put the operating point.
 
-    By default, with unknown rows in validation: maximise in-scope accuracy x (1 - w) +
-    unknown recall x w with w = `unknown_weight`, 0.5 unless given: balanced accuracy over
-    the two groups, so a known ticket not answered correctly and an unknown ticket not
-    flagged cost the same however few unknown rows validation holds (a smaller w favours
-    in-scope accuracy); without them: the most accurate point, with the novelty floor at the
-    familiarity that `unknown_rate` of in-scope rows fall below.
+    By default, with unknown rows in validation: unknown recall reaches `DEFAULT_UNKNOWN_RECALL`
+    (as a target: its `confidence` lower bound does), in-scope accuracy maximised. A fixed
+    recall floor keeps the decision predictable: a weighted objective lands wherever the
+    trade-off curve's slope matches the weight, which moves with the data. Where validation
+    holds too few unknown rows to show that floor, or with `unknown_weight` w given: maximise
+    in-scope accuracy x (1 - w) + unknown recall x w (w 0.5 there: balanced accuracy over the
+    two groups). Either way a small share of unknown rows cannot be ignored. Without unknown
+    rows: the most accurate point, with the novelty floor at the familiarity that
+    `unknown_rate` of in-scope rows fall below.
     `target_accuracy`: answered tickets reach it, coverage maximised.
     `target_unknown_recall`: unknown rows abstained on at least that often, in-scope
     accuracy maximised (needs unknown rows).
@@ -78,7 +84,7 @@ class Objective:
 
     target_accuracy: float | None = None
     target_unknown_recall: float | None = None
-    unknown_weight: float = 0.5
+    unknown_weight: float | None = None
     unknown_rate: float = 0.01
     confidence: float = 0.9
 
@@ -89,7 +95,7 @@ class Objective:
             v = getattr(self, name)
             if v is not None and not 0 < v <= 1:
                 raise InputError(f"{name.replace('_', ' ')} must be in (0, 1], not {v}")
-        if not 0 < self.unknown_weight < 1:
+        if self.unknown_weight is not None and not 0 < self.unknown_weight < 1:
             raise InputError(f"unknown weight must be in (0, 1), not {self.unknown_weight}")
         if not 0 <= self.unknown_rate < 1:
             raise InputError(f"unknown rate must be in [0, 1), not {self.unknown_rate}")
@@ -109,8 +115,21 @@ class Objective:
                 else "no novelty floor"
             )
             return f"most accurate point, {floor}"
+        if self.unknown_weight is None:
+            return replace(self, target_unknown_recall=DEFAULT_UNKNOWN_RECALL).describe() + " (the default)"
         w = self.unknown_weight
         return f"{1 - w:g} x in-scope accuracy + {w:g} x unknown recall" + (" (balanced)" if w == 0.5 else "")
+
+    def plans(self, has_unknown: bool) -> list[Objective]:
+        """The objectives `tune_rule` tries in turn, keeping the first whose target is met:
+        the default's recall floor, then its balanced fallback."""
+        if not has_unknown or self.unknown_weight is not None or self.targeted:
+            return [self]
+        return [replace(self, target_unknown_recall=DEFAULT_UNKNOWN_RECALL), replace(self, unknown_weight=0.5)]
+
+    @property
+    def targeted(self) -> bool:
+        return self.target_accuracy is not None or self.target_unknown_recall is not None
 
 
 @dataclass(frozen=True)
@@ -231,12 +250,23 @@ def _choose(curve: dict[str, np.ndarray], objective: Objective, has_unknown: boo
             curve, "unknown_recall", objective.target_unknown_recall, "in_scope_accuracy", objective.confidence
         )
     if has_unknown:
-        w = objective.unknown_weight
+        w = 0.5 if objective.unknown_weight is None else objective.unknown_weight
         value = (1 - w) * curve["in_scope_accuracy"] + w * curve["unknown_recall"]
     else:
         value = curve["in_scope_accuracy"]
     i = int(len(value) - 1 - np.argmax(value[::-1]))  # among equals, the lowest threshold
     return i, float(value[i]), True
+
+
+def _pick(curves: list[dict[str, np.ndarray]], objective: Objective, has_unknown: bool) -> tuple[bool, float, int, int]:
+    """(target met, objective value, curve index, point index) of the best point over `curves`
+    (one per novelty floor); among equals, the first curve's."""
+    best = (False, -np.inf, 0, 0)
+    for j, curve in enumerate(curves):
+        i, value, met = _choose(curve, objective, has_unknown)
+        if j == 0 or (met, value) > best[:2]:
+            best = (met, value, j, i)
+    return best
 
 
 def _point(curve: dict[str, np.ndarray], i: int, novelty: float | None) -> dict[str, Any]:
@@ -320,18 +350,17 @@ def tune_rule(
         floors = [float(np.quantile(fam_known, objective.unknown_rate))] if objective.unknown_rate > 0 else [None]
     if objective.target_unknown_recall is not None and not has_unknown:
         raise InputError("a target unknown recall needs validation rows labelled with the --unknown-label")
-    chosen: tuple[float, int, float | None, dict[str, np.ndarray], bool] | None = None
-    for floor in floors:
-        ok = eligible if floor is None else eligible & (sc.familiarity >= floor)
-        curve = _curve(sc, ok, correct, unknown)
-        i, value, met = _choose(curve, objective, has_unknown)
-        key = (met, value)
-        if chosen is None or key > (chosen[4], chosen[0]):
-            chosen = (value, i, floor, curve, met)
-    assert chosen is not None
-    value, i, floor, curve, met = chosen
+    curves = [_curve(sc, eligible if f is None else eligible & (sc.familiarity >= f), correct, unknown) for f in floors]
+    for plan in objective.plans(has_unknown):
+        met, value, j, i = _pick(curves, plan, has_unknown)
+        if met:
+            break
+    floor, curve = floors[j], curves[j]
     rule = replace(best.rule, threshold=float(curve["threshold"][i]), novelty=floor)
-    point = {**_point(curve, i, floor), "objective": objective.describe(has_unknown), "target_met": met}
+    described = plan.describe(has_unknown)
+    if plan is not objective:  # the default, with unknown rows
+        described += " (the default)" if plan.targeted else " (the default, where too few unknown rows show its floor)"
+    point = {**_point(curve, i, floor), "objective": described, "target_met": met}
     final = Candidate(
         rule, best.k, best.score, best.macro_f1, 1.0 - float(curve["coverage"][i]), point.get("unknown_recall")
     )

@@ -255,10 +255,10 @@ def _source_for(so: dict[str, Any], text_cols: tuple[str, ...], template: str | 
 @click.option(
     "--unknown-weight",
     type=click.FloatRange(0, 1, min_open=True, max_open=True),
-    default=0.5,
-    show_default=True,
-    help="Default objective: (1 - W) x in-scope accuracy + W x unknown recall, however few unknown rows "
-    "validation holds; 0.5 weighs both kinds of error alike, less favours in-scope accuracy.",
+    default=None,
+    help="With unknown rows, maximise (1 - W) x in-scope accuracy + W x unknown recall instead of the "
+    "default (unknown recall >= 0.75 on its lower bound, in-scope accuracy maximised); 0.5 weighs both "
+    "kinds of error alike, less favours in-scope accuracy.",
 )
 @click.option(
     "--unknown-rate",
@@ -288,7 +288,7 @@ def tune(
     target_accuracy: float | None,
     target_unknown_recall: float | None,
     target_confidence: float,
-    unknown_weight: float,
+    unknown_weight: float | None,
     unknown_rate: float,
     long_text: str | None,
     as_json: bool,

@@ -223,6 +223,7 @@ def collection_router(
             ("--target-accuracy", body.target_accuracy),
             ("--target-unknown-recall", body.target_unknown_recall),
             ("--target-confidence", body.target_confidence),
+            ("--unknown-weight", body.unknown_weight),
             ("--long-text", body.long_text),
         ):
             if value is not None:

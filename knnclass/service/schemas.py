@@ -191,6 +191,7 @@ class TuneJobRequest(_Strict):
     target_accuracy: StrictFloat | None = Field(None, gt=0, le=1)
     target_unknown_recall: StrictFloat | None = Field(None, gt=0, le=1)
     target_confidence: StrictFloat | None = Field(None, ge=0.5, lt=1)
+    unknown_weight: StrictFloat | None = Field(None, gt=0, lt=1)
     long_text: StrictStr | None = Field(None, max_length=32)
 
 

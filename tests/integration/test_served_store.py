@@ -181,6 +181,8 @@ def test_admin_jobs_index_tune_promote_rollback_and_resume(tmp_path: Path, data_
         # tune, then promote a transfer run and roll it back
         r = httpx.post(s.url + "/v1/jobs/tune", json={"target_accuracy": 0.5, "target_confidence": 0.3})
         assert r.status_code == 422 and "target_confidence" in r.text  # refused before a job is made
+        r = httpx.post(s.url + "/v1/jobs/tune", json={"unknown_weight": 1.0})
+        assert r.status_code == 422 and "unknown_weight" in r.text
         target = {"target_accuracy": 0.5, "target_confidence": 0.8}
         assert _wait_job(s, httpx.post(s.url + "/v1/jobs/tune", json=target).json()["id"])["state"] == "done"
         assert "80 % lower bound" in httpx.get(s.url + "/v1/info").json()["tuning"]["point"]["objective"]

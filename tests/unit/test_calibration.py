@@ -143,21 +143,54 @@ def test_objective_and_rule_validation() -> None:
     assert "novelty" in r.describe() and len(FEATURES) == 8
 
 
-def test_default_objective_weighs_both_kinds_of_error_alike() -> None:
+def test_default_objective_floors_unknown_recall_then_maximises_accuracy() -> None:
     from knnclass.cli import cli
-    from knnclass.tuning import _choose
+    from knnclass.tuning import DEFAULT_UNKNOWN_RECALL, _pick
 
-    # three operating points: in-scope accuracy falls as unknown recall rises
-    curve = {"in_scope_accuracy": np.array([0.95, 0.90, 0.85]), "unknown_recall": np.array([0.50, 0.70, 0.80])}
-    i, value, met = _choose(curve, Objective(), has_unknown=True)
-    assert (i, met) == (2, True) and value == pytest.approx((0.85 + 0.80) / 2)  # balanced accuracy
-    assert _choose(curve, Objective(unknown_weight=0.25), has_unknown=True)[0] == 1  # the former default
-    assert Objective().describe() == "0.5 x in-scope accuracy + 0.5 x unknown recall (balanced)"
+    # three operating points: in-scope accuracy falls as unknown recall rises (200 unknown rows)
+    curve = {
+        "in_scope_accuracy": np.array([0.95, 0.90, 0.85]),
+        "unknown_recall": np.array([0.50, 0.80, 0.95]),
+        "n_unknown": np.full(3, 200.0),
+        "n_unknown_caught": np.array([100.0, 160.0, 190.0]),
+    }
+    first, fallback = Objective().plans(has_unknown=True)
+    assert first == Objective(target_unknown_recall=DEFAULT_UNKNOWN_RECALL) and fallback.unknown_weight == 0.5
+    # the floor: the most accurate point whose recall's lower bound reaches 0.75 (160/200: 0.765)
+    assert _pick([curve], first, True) == (True, 0.90, 0, 1)
+    # the balanced weight would take the far end: 0.5 x 0.85 + 0.5 x 0.95 > 0.5 x 0.90 + 0.5 x 0.80
+    assert _pick([curve], fallback, True)[3] == 2
+    assert _pick([curve], Objective(unknown_weight=0.1), True)[3] == 0
+    # given a target or a weight, or without unknown rows, the objective is tried alone
+    for given in (Objective(unknown_weight=0.3), Objective(target_accuracy=0.9), Objective(target_unknown_recall=0.8)):
+        assert given.plans(has_unknown=True) == [given]
+    assert Objective().plans(has_unknown=False) == [Objective()]
+    assert Objective().describe() == (
+        "unknown recall's 90 % lower bound >= 0.75, in-scope accuracy maximised (the default)"
+    )
+    assert Objective(unknown_weight=0.5).describe() == "0.5 x in-scope accuracy + 0.5 x unknown recall (balanced)"
     assert Objective(unknown_weight=0.25).describe() == "0.75 x in-scope accuracy + 0.25 x unknown recall"
     assert Objective().describe(has_unknown=False) == "most accurate point, novelty floor flagging 1 % of in-scope rows"
     tune = cli.commands["tune"]  # type: ignore[attr-defined]
     default = next(p.default for p in tune.params if p.name == "unknown_weight")
-    assert default == Objective().unknown_weight
+    assert default == Objective().unknown_weight is None
+
+
+def test_too_few_unknown_rows_for_the_recall_floor_fall_back_to_balanced() -> None:
+    truth, hits = _rows(1000)
+    for i in range(4):  # 4 of 4 caught: the 90 % bound is 0.71, short of the floor
+        truth.append("OOS")
+        hits.append([Hit(f"u{i}-{j}", "a" if j % 2 else "b", 0.2) for j in range(5)])
+    typical = typical_similarity(truth[:1000], hits[:1000])
+    res = tune_rule(truth, hits, 1000, unknown_label="OOS", typical=typical)
+    assert res.point["objective"] == (
+        "0.5 x in-scope accuracy + 0.5 x unknown recall (balanced) (the default, where too few unknown rows show its floor)"
+    )
+    assert res.point["target_met"] and res.point["unknown_recall"] == 1.0
+    given = tune_rule(
+        truth, hits, 1000, unknown_label="OOS", typical=typical, objective=Objective(target_unknown_recall=0.75)
+    )
+    assert not given.point["target_met"]  # a target the user set is reported as missed, not replaced
 
 
 def test_wilson_lower_bound_of_a_proportion() -> None:

@@ -33,7 +33,7 @@ SECTIONS = [
     (
         "openset",
         "Trustworthy decisions: calibration, unknown tickets, operating points",
-        "benchmarks/openset.py --tuned, then --latency",
+        "benchmarks/openset.py --tuned, then --tuned-only --tuned-strategy contrastive --tuned-lr 5e-5, then --latency",
     ),
     (
         "openset-frontier",

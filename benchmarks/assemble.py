@@ -29,6 +29,7 @@ SECTIONS = [
         "Search ef scaled to the collection size (issue #21)",
         "benchmarks/scale.py --sizes 10000 100000 300000 --ef auto 64 128 512 --name scale-ef",
     ),
+    ("swap", "A served store swapping in an index built out of process", "benchmarks/swap.py"),
     ("reports", "Reports and label quality", "benchmarks/reports.py"),
     (
         "openset",

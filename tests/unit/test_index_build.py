@@ -8,11 +8,13 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from knnclass.data import Example
 from knnclass.encoders import FakeEncoder
+from knnclass.errors import StoreCorruptError
 from knnclass.store import CollectionMeta
-from knnclass.store.edge import EdgeStore, _recover_index_build
+from knnclass.store.edge import SHARD_POINTER, EdgeStore, _recover_index_build
 
 ENC = FakeEncoder(topics=["card", "pin", "refund"])
 
@@ -45,12 +47,21 @@ def test_build_replays_writes_made_during_it_and_swaps(tmp_path: Path) -> None:
     assert st.finish_index_build(ref, build) == 42
     after = _all(st, ref)
     assert after == before and len(after) == 339 and after["e5"].label == "refund" and "e7" not in after
-    assert not build.exists() and not build.with_name("shard.old").exists()
+    vdir = build.parent
+    # the built copy is live where it was built (loaded once), named by SHARD; the replaced one is gone
+    assert build.name == "shard.1" and (vdir / SHARD_POINTER).read_text() == "shard.1"
+    assert sorted(p.name for p in vdir.iterdir() if p.name.startswith("shard")) == ["shard.1"]
     hits = st.search(ref, ENC.embed(["pin ticket number 301"]), 3)[0]
     assert hits[0].id == "e301"
+    # the next build copies the live shard into the next generation
+    again = st.begin_index_build(ref)
+    _upsert(st, ref, [_ex(400, "refund")])
+    assert subprocess.run([sys.executable, "-m", "knnclass.store._build", str(again)]).returncode == 0
+    assert again.name == "shard.2" and st.finish_index_build(ref, again) == 1
+    assert sorted(p.name for p in vdir.iterdir() if p.name.startswith("shard")) == ["shard.2"]
     st.close()
     st = EdgeStore(tmp_path / "s")  # durable across a reopen
-    assert _all(st, ref) == before
+    assert _all(st, ref) == {**before, "e400": _ex(400, "refund")}
     st.close()
 
 
@@ -80,15 +91,40 @@ def test_failed_build_leaves_the_shard_as_it_was(tmp_path: Path) -> None:
 
 
 def test_recovery_after_a_crash_between_the_renames(tmp_path: Path) -> None:
+    """Stores swapped by two renames before SHARD_POINTER: a crash between them is undone."""
     st = EdgeStore(tmp_path / "s")
     ref = st.create("t", CollectionMeta(ENC.identity, "fake", ENC.dim))
     _upsert(st, ref, [_ex(i) for i in range(20)])
     st.close()
-    shard = tmp_path / "s" / "collections" / "t" / "v1" / "shard"
-    shard.rename(shard.with_name("shard.old"))  # the first rename happened, the second did not
-    (shard.with_name("shard.build")).mkdir()
-    _recover_index_build(shard)
-    assert (shard / "edge_config.json").exists() and not shard.with_name("shard.build").exists()
+    vdir = tmp_path / "s" / "collections" / "t" / "v1"
+    (vdir / "shard").rename(vdir / "shard.old")  # the first rename happened, the second did not
+    (vdir / "shard.build").mkdir()
+    assert _recover_index_build(vdir) == vdir / "shard"
+    assert (vdir / "shard" / "edge_config.json").exists() and not (vdir / "shard.build").exists()
     st = EdgeStore(tmp_path / "s")
     assert len(_all(st, ref)) == 20 and np.isfinite(st.search(ref, ENC.embed(["card"]), 1)[0][0].score)
     st.close()
+
+
+def test_recovery_keeps_the_shard_the_pointer_names(tmp_path: Path) -> None:
+    st = EdgeStore(tmp_path / "s")
+    ref = st.create("t", CollectionMeta(ENC.identity, "fake", ENC.dim))
+    _upsert(st, ref, [_ex(i) for i in range(20)])
+    build = st.begin_index_build(ref)
+    assert subprocess.run([sys.executable, "-m", "knnclass.store._build", str(build)]).returncode == 0
+    st.finish_index_build(ref, build)
+    half = st.begin_index_build(ref)  # a crash while the next build runs: its copy is left behind
+    st.close()
+    vdir = build.parent
+    (vdir / "shard").mkdir()  # and a replaced shard whose removal a crash cut short
+    st = EdgeStore(tmp_path / "s")
+    assert len(_all(st, ref)) == 20
+    assert sorted(p.name for p in vdir.iterdir() if p.name.startswith("shard")) == ["shard.1"]
+    assert not half.exists()
+    st.close()
+    (vdir / SHARD_POINTER).write_text("../../elsewhere")
+    st = EdgeStore(tmp_path / "s")
+    with pytest.raises(StoreCorruptError, match="names no shard"):
+        st.count(ref)
+    st.close()
+    assert (vdir / "shard.1" / "edge_config.json").exists()  # a bad pointer removes nothing

@@ -104,6 +104,13 @@ def _recover_index_build(vdir: Path) -> Path:
         shutil.rmtree(path, ignore_errors=True)
         os.replace(old, path)
     live = _live_shard(vdir)
+    if not (live / "edge_config.json").exists():
+        if not pointed:
+            return live  # a version with no shard yet (or a legacy one): nothing to clean up
+        # a pointer to a missing or partial shard: delete nothing, the other dirs may hold the data
+        raise StoreCorruptError(
+            f"{vdir / SHARD_POINTER}: names {live.name}, which is not a shard; the store is damaged"
+        )
     for p in vdir.iterdir():
         if p.name.startswith("shard") and p.is_dir() and p != live:
             shutil.rmtree(p, ignore_errors=True)
@@ -489,7 +496,11 @@ class EdgeStore(Store):
             new.close()
             raise
         with self._mu:
-            atomic_write_text(vdir / SHARD_POINTER, build.name)  # the swap; a crash before it keeps the old
+            try:
+                atomic_write_text(vdir / SHARD_POINTER, build.name)  # the swap; a crash before it keeps the old
+            except OSError as e:
+                new.close()
+                raise StoreError(f"cannot swap in the index build of {ref.name} {ref.version}: {e}") from None
             self._shards[ref] = new
             old.close()  # a search still on it retries on the new one (_on_shard)
         shutil.rmtree(replaced, ignore_errors=True)  # unreferenced now; a crash here: _recover_index_build

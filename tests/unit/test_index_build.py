@@ -128,3 +128,24 @@ def test_recovery_keeps_the_shard_the_pointer_names(tmp_path: Path) -> None:
         st.count(ref)
     st.close()
     assert (vdir / "shard.1" / "edge_config.json").exists()  # a bad pointer removes nothing
+
+
+def test_a_pointer_to_a_missing_shard_removes_nothing(tmp_path: Path) -> None:
+    st = EdgeStore(tmp_path / "s")
+    ref = st.create("t", CollectionMeta(ENC.identity, "fake", ENC.dim))
+    _upsert(st, ref, [_ex(i) for i in range(20)])
+    build = st.begin_index_build(ref)
+    assert subprocess.run([sys.executable, "-m", "knnclass.store._build", str(build)]).returncode == 0
+    st.finish_index_build(ref, build)
+    st.close()
+    vdir = build.parent
+    (vdir / SHARD_POINTER).write_text("shard.7")  # well-formed, but no such shard
+    st = EdgeStore(tmp_path / "s")
+    with pytest.raises(StoreCorruptError, match=r"shard\.7, which is not a shard"):
+        st.count(ref)
+    st.close()
+    assert (vdir / "shard.1" / "edge_config.json").exists()  # the data the pointer lost is kept
+    (vdir / SHARD_POINTER).write_text("shard.1")
+    st = EdgeStore(tmp_path / "s")
+    assert len(_all(st, ref)) == 20
+    st.close()

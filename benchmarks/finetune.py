@@ -91,6 +91,13 @@ def compare_losses(a: argparse.Namespace, train: TaskSet, val: TaskSet, base: Fi
     print("\n".join(lines))
 
 
+def gpu_name(device: str) -> str | None:
+    """The GPU torch trains on with `device` (auto, cpu or cuda), if any."""
+    import torch
+
+    return torch.cuda.get_device_name() if device != "cpu" and torch.cuda.is_available() else None
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--out", default="/tmp/knnclass-finetune-bench")
@@ -100,6 +107,7 @@ def main() -> None:
     ap.add_argument("--last-layer-lr", type=float, default=1e-4)
     ap.add_argument("--last-layer-epochs", type=int, default=None)
     ap.add_argument("--threads", type=int, default=None, help="torch threads (1 beats 2 on a shared 2-core box)")
+    ap.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="torch training device")
     ap.add_argument("--max-seq-length", type=int, default=128)
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--scale", type=float, default=20.0)
@@ -135,6 +143,7 @@ def main() -> None:
         seed=a.seed,
         max_steps=a.max_steps,
         threads=a.threads,
+        device=a.device,
         max_seq_length=a.max_seq_length,
         loss=a.loss,
         per_label=a.per_label,
@@ -199,7 +208,7 @@ def main() -> None:
     checks["served_rule_test_accuracy"] = {"value": served, "bar": 0.95, "pass": served >= 0.95}
     result = {
         "settings": {**vars(a), "n_train": len(train.texts), "n_validation": len(val.texts), "n_test": len(test.texts)},
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "gpu": gpu_name(a.device)},
         "run_dir": str(out),
         "complete": complete,
         "checks": checks,
@@ -210,7 +219,8 @@ def main() -> None:
         "",
         f"`python benchmarks/finetune.py {' '.join(sys.argv[1:])}` — {len(train.texts)} train / "
         f"{len(val.texts)} validation (carved from train, seed {a.seed}) / {len(test.texts)} test, scored once. "
-        f"{os.cpu_count()} CPU cores (shared). Ranked by validation accuracy.",
+        f"{os.cpu_count()} CPU cores{f', training on one {gpu_name(a.device)}' if gpu_name(a.device) else ' (shared)'}. "
+        "Ranked by validation accuracy.",
         "",
         markdown_table(report),
         "",

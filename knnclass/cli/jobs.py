@@ -124,6 +124,13 @@ def _data_options(f: Any) -> Any:
             "--threads", default=None, type=click.IntRange(1), help="torch CPU threads (1 is faster on a busy machine)."
         ),
         click.option(
+            "--device",
+            default="auto",
+            show_default=True,
+            type=click.Choice(["auto", "cpu", "cuda"]),
+            help="torch training device (auto: cuda where torch sees one).",
+        ),
+        click.option(
             "--loss",
             default=_LOSSES[0],
             show_default=True,
@@ -205,6 +212,7 @@ def _prepare(train_path: Path, kw: dict[str, Any]) -> tuple[Any, Any, Any]:
         classifier_params=params,
         export=not kw.pop("no_export"),
         threads=kw.pop("threads"),
+        device=kw.pop("device"),
         loss=kw.pop("loss"),
         per_label=kw.pop("per_label"),
         hard_negatives=kw.pop("hard_negatives"),

@@ -194,7 +194,7 @@ class CosineHeadLoss(nn.Module):
 
     def weights(self, task: str) -> np.ndarray:
         """The head of `task` as a numpy array (a copy)."""
-        w: np.ndarray = self.heads[self.key(task)].detach().numpy().copy()
+        w: np.ndarray = self.heads[self.key(task)].detach().cpu().numpy().copy()
         return w
 
     def forward(self, sentence_features: Iterable[dict[str, Tensor]], labels: Tensor) -> Tensor:

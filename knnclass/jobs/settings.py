@@ -38,6 +38,7 @@ class FinetuneSettings:
     classifier_params: dict[str, Any] = field(default_factory=dict)
     export: bool = True
     threads: int | None = None  # torch CPU threads (None: torch's default); 1 is faster on a busy machine
+    device: str = "auto"  # torch training device: cpu, cuda, or auto (cuda where torch sees one)
     # contrastive only
     loss: str = LOSSES[0]
     per_label: int = 2  # examples of one label in a batch (mnrl needs exactly 2: anchor and positive)
@@ -56,6 +57,8 @@ class FinetuneSettings:
             raise InputError(f"lr must be in (0, 1), not {self.lr}")
         if not 0 <= self.warmup < 1:
             raise InputError(f"warmup is a fraction of the steps in [0, 1), not {self.warmup}")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise InputError(f"device must be auto, cpu or cuda, not {self.device!r}")
         if self.loss not in LOSSES:
             raise InputError(f"loss must be one of {', '.join(LOSSES)}, not {self.loss!r}")
         if self.per_label < 2:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import os
 import random
 import sys
 import tempfile
@@ -55,10 +56,20 @@ def require_torch() -> None:
 def _set_seed(seed: int) -> None:
     import torch
 
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # deterministic cuBLAS (set before CUDA starts)
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
     torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def _torch_device(device: str) -> str:
+    """The torch device a run trains on: `device` (cpu, cuda or auto) given what torch sees."""
+    import torch
+
+    if device == "cuda" and not torch.cuda.is_available():
+        raise DependencyError("device cuda: torch sees no CUDA device (a CUDA build of torch and a GPU are needed)")
+    return "cuda" if device != "cpu" and torch.cuda.is_available() else "cpu"
 
 
 def _top_confusions(conf: np.ndarray, names: list[str], n: int = 5) -> list[list[Any]]:
@@ -95,7 +106,8 @@ def train_encoder(
     if s.threads:
         torch.set_num_threads(s.threads)
     t_start = time.perf_counter()
-    model = SentenceTransformer(str(base), device="cpu")
+    device = _torch_device(s.device)
+    model = SentenceTransformer(str(base), device=device)
     serving_max_len = int(model.max_seq_length or s.max_seq_length)
     model.max_seq_length = min(s.max_seq_length, serving_max_len)  # training-time truncation only
 
@@ -253,7 +265,7 @@ def train_encoder(
             logging_strategy="no",
             report_to="none",
             disable_tqdm=True,
-            use_cpu=True,
+            use_cpu=device == "cpu",
             dataloader_drop_last=False,
             batch_sampler=cast(Any, lambda dataset, **kw: sampler) if sampler is not None else "batch_sampler",
         )
@@ -286,7 +298,12 @@ def train_encoder(
         "neighbour_agreement": after["neighbour_agreement"],
         "n": after["n"],
     }
-    timing: dict[str, Any] = {"train_s": round(train_s, 2), "steps": steps, "torch_threads": torch.get_num_threads()}
+    timing: dict[str, Any] = {
+        "train_s": round(train_s, 2),
+        "steps": steps,
+        "device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
+        "torch_threads": torch.get_num_threads(),
+    }
     encoder_ref = str(st_dir)
     best_validation = next(h["validation"] for h in history if h["epoch"] == best_epoch)
     validation = best_validation

@@ -51,6 +51,10 @@ def test_full_tuning_artefacts_and_score_moves(full_run: Path) -> None:
     heads = load_heads(full_run / "heads.npz")
     assert set(heads) == {"category", "urgency"} and heads["category"].kind == "cosine"
     assert run["settings"]["lr"] == 5e-5 and run["timing"]["steps"] == 6 and run["timing"]["train_s"] > 0
+    import torch
+
+    trained_on = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+    assert run["settings"]["device"] == "auto" and run["timing"]["device"] == trained_on
     for task in ("category", "urgency"):
         assert 0 <= run["validation"][task]["knn"]["accuracy"] <= 1 and "head" in run["validation"][task]
     # validation is scored before training and after every epoch; training changed the model

@@ -106,6 +106,8 @@ def test_tasks_split_and_settings(tmp_path: Path) -> None:
         FinetuneSettings(strategy="bogus")
     with pytest.raises(InputError):
         FinetuneSettings(scheduler="steep")
+    with pytest.raises(InputError, match="device must be auto, cpu or cuda"):
+        FinetuneSettings(device="tpu")
     from knnclass.cli.jobs import _LOSSES
     from knnclass.jobs.settings import LOSSES
 
@@ -418,3 +420,16 @@ def test_promote_new_encoder_with_service_running(tmp_path: Path) -> None:
     statuses, versions = _service_promote(tmp_path, NamedFake("fake-b", dim=24, topics=TOPICS))
     assert set(statuses) == {200}, f"{statuses.count(200)} ok of {len(statuses)}"
     assert versions[0] == "v1" and "v2" in versions and versions[-1] == "v1"  # promoted, then rolled back
+
+
+def test_training_device_follows_what_torch_sees(monkeypatch: pytest.MonkeyPatch) -> None:
+    torch = pytest.importorskip("torch")
+    from knnclass.errors import DependencyError
+    from knnclass.jobs.train import _torch_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert _torch_device("auto") == "cpu" and _torch_device("cpu") == "cpu"
+    with pytest.raises(DependencyError, match="torch sees no CUDA device"):
+        _torch_device("cuda")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert _torch_device("auto") == "cuda" and _torch_device("cuda") == "cuda" and _torch_device("cpu") == "cpu"

@@ -441,23 +441,25 @@ class EdgeStore(Store):
     # copy's index, and the copy replaces the shard after the writes made meanwhile are replayed.
     def begin_index_build(self, ref: Ref) -> Path:
         """A copy of `ref`'s shard to build the index of elsewhere; writes to `ref` from now on are
-        journaled. Call with writes paused (the copy must not see a half-applied write)."""
+        journaled. Call with writes paused (the copy must not see a half-applied write); searches
+        go on meanwhile: the copy is made outside the store's lock (at 200k points it takes a while)."""
         with self._mu:
-            shard = self._shard(ref)
-            shard.flush()
+            self._shard(ref).flush()
             live = _live_shard(self._vdir(ref))
             generation = int(live.name.partition(".")[2] or 0)
             build = live.with_name(f"shard.{generation + 1}")
-            shutil.rmtree(build, ignore_errors=True)
-            self.check_space(need=_tree_bytes(live))
-            try:
-                shutil.copytree(live, build)
-            except OSError as e:
-                shutil.rmtree(build, ignore_errors=True)
-                raise StoreError(f"cannot copy the shard of {ref.name} {ref.version}: {e}") from None
             self._journals[ref] = set()
             self.written[ref] = 0
-            return build
+        try:
+            shutil.rmtree(build, ignore_errors=True)
+            self.check_space(need=_tree_bytes(live))
+            shutil.copytree(live, build)
+        except BaseException as e:
+            self.abort_index_build(ref, build)
+            if isinstance(e, OSError):
+                raise StoreError(f"cannot copy the shard of {ref.name} {ref.version}: {e}") from None
+            raise
+        return build
 
     def abort_index_build(self, ref: Ref, build: Path) -> None:
         self._journals.pop(ref, None)

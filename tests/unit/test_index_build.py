@@ -6,6 +6,7 @@ import asyncio
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -14,6 +15,7 @@ from knnclass.data import Example
 from knnclass.encoders import FakeEncoder
 from knnclass.errors import StoreCorruptError
 from knnclass.store import CollectionMeta
+from knnclass.store.base import Ref
 from knnclass.store.edge import SHARD_POINTER, EdgeStore, _recover_index_build
 
 ENC = FakeEncoder(topics=["card", "pin", "refund"])
@@ -29,6 +31,17 @@ def _upsert(st: EdgeStore, ref: object, examples: list[Example]) -> None:
 
 def _all(st: EdgeStore, ref: object) -> dict[str, Example]:
     return {e.id: e for batch, _ in st.scroll(ref, 100) for e in batch}  # type: ignore[arg-type]
+
+
+def _built_once(tmp_path: Path) -> tuple[EdgeStore, Ref, Path]:
+    """A store of 20 examples whose index one out-of-process build swapped in (shard.1)."""
+    st = EdgeStore(tmp_path / "s")
+    ref = st.create("t", CollectionMeta(ENC.identity, "fake", ENC.dim))
+    _upsert(st, ref, [_ex(i) for i in range(20)])
+    build = st.begin_index_build(ref)
+    assert subprocess.run([sys.executable, "-m", "knnclass.store._build", str(build)]).returncode == 0
+    st.finish_index_build(ref, build)
+    return st, ref, build
 
 
 def test_build_replays_writes_made_during_it_and_swaps(tmp_path: Path) -> None:
@@ -107,12 +120,7 @@ def test_recovery_after_a_crash_between_the_renames(tmp_path: Path) -> None:
 
 
 def test_recovery_keeps_the_shard_the_pointer_names(tmp_path: Path) -> None:
-    st = EdgeStore(tmp_path / "s")
-    ref = st.create("t", CollectionMeta(ENC.identity, "fake", ENC.dim))
-    _upsert(st, ref, [_ex(i) for i in range(20)])
-    build = st.begin_index_build(ref)
-    assert subprocess.run([sys.executable, "-m", "knnclass.store._build", str(build)]).returncode == 0
-    st.finish_index_build(ref, build)
+    st, ref, build = _built_once(tmp_path)
     half = st.begin_index_build(ref)  # a crash while the next build runs: its copy is left behind
     st.close()
     vdir = build.parent
@@ -131,12 +139,7 @@ def test_recovery_keeps_the_shard_the_pointer_names(tmp_path: Path) -> None:
 
 
 def test_a_pointer_to_a_missing_shard_removes_nothing(tmp_path: Path) -> None:
-    st = EdgeStore(tmp_path / "s")
-    ref = st.create("t", CollectionMeta(ENC.identity, "fake", ENC.dim))
-    _upsert(st, ref, [_ex(i) for i in range(20)])
-    build = st.begin_index_build(ref)
-    assert subprocess.run([sys.executable, "-m", "knnclass.store._build", str(build)]).returncode == 0
-    st.finish_index_build(ref, build)
+    st, ref, build = _built_once(tmp_path)
     st.close()
     vdir = build.parent
     (vdir / SHARD_POINTER).write_text("shard.7")  # well-formed, but no such shard
@@ -147,5 +150,39 @@ def test_a_pointer_to_a_missing_shard_removes_nothing(tmp_path: Path) -> None:
     assert (vdir / "shard.1" / "edge_config.json").exists()  # the data the pointer lost is kept
     (vdir / SHARD_POINTER).write_text("shard.1")
     st = EdgeStore(tmp_path / "s")
+    assert len(_all(st, ref)) == 20
+    st.close()
+
+
+def test_searches_go_on_while_the_build_copies_the_shard(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import shutil
+    import threading
+
+    import knnclass.store.edge as edge
+
+    st = EdgeStore(tmp_path / "s")
+    ref = st.create("t", CollectionMeta(ENC.identity, "fake", ENC.dim))
+    _upsert(st, ref, [_ex(i) for i in range(20)])
+    copying, release = threading.Event(), threading.Event()
+    copytree = shutil.copytree
+
+    def slow_copy(*args: Any, **kw: Any) -> Any:
+        copying.set()
+        assert release.wait(10)
+        return copytree(*args, **kw)
+
+    monkeypatch.setattr(edge.shutil, "copytree", slow_copy)
+    made: list[Path] = []
+    t = threading.Thread(target=lambda: made.append(st.begin_index_build(ref)))
+    t.start()
+    try:
+        assert copying.wait(10)
+        done = threading.Event()
+        threading.Thread(target=lambda: (st.search(ref, ENC.embed(["card"]), 3), done.set())).start()
+        assert done.wait(5), "a search waited for the shard copy"
+    finally:
+        release.set()
+        t.join()
+    st.abort_index_build(ref, made[0])
     assert len(_all(st, ref)) == 20
     st.close()

@@ -67,6 +67,12 @@ SECTIONS = [
         "--max-seq-length 64 --threads 2 --name finetune-contrastive-mnrl-lr1e-4",
     ),
     (
+        "finetune-contrastive-mnrl-b128",
+        "Contrastive tuning, three full epochs (issue #19): MultipleNegativesRankingLoss, batches of 128",
+        "benchmarks/finetune.py --strategies knn,contrastive --loss mnrl --epochs 3 --contrastive-lr 5e-5 "
+        "--max-seq-length 64 --threads 2 --batch-size 128 --name finetune-contrastive-mnrl-b128",
+    ),
+    (
         "finetune-ensemble",
         "Ensemble rule: a head blended with the kNN vote (issue #19)",
         "benchmarks/finetune.py --strategies knn,transfer,full --name finetune-ensemble",

@@ -37,12 +37,16 @@ def run_finetune(
     require_model_dir(base)
     if (out / RUN_FILE).exists():
         raise InputError(f"{out}: already holds a run; choose another output dir")
+    from .train import TUNED, torch_device
+
+    if settings.strategy in TUNED:
+        torch_device(settings.device)  # a missing GPU is refused before anything is written
     out.mkdir(parents=True, exist_ok=True)
     log = log or (lambda s: None)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     validation.write_csv(out / "validation.csv")
     t0 = time.perf_counter()
-    if settings.strategy in ("full", "last-layer", "contrastive"):
+    if settings.strategy in TUNED:
         from .train import train_encoder
 
         result = train_encoder(train, validation, settings, out, base, log, progress)

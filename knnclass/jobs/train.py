@@ -35,7 +35,7 @@ from .settings import FinetuneSettings
 from .tasks import TaskSet
 from .validation import evaluate_embeddings, fmt, label_confusions, onnx_embedder, selection_score
 
-__all__ = ["require_torch", "train_encoder"]
+__all__ = ["TUNED", "require_torch", "torch_device", "train_encoder"]
 
 TUNED = ("full", "last-layer", "contrastive")
 
@@ -63,8 +63,9 @@ def _set_seed(seed: int) -> None:
     torch.use_deterministic_algorithms(True, warn_only=True)
 
 
-def _torch_device(device: str) -> str:
+def torch_device(device: str) -> str:
     """The torch device a run trains on: `device` (cpu, cuda or auto) given what torch sees."""
+    require_torch()
     import torch
 
     if device == "cuda" and not torch.cuda.is_available():
@@ -106,7 +107,7 @@ def train_encoder(
     if s.threads:
         torch.set_num_threads(s.threads)
     t_start = time.perf_counter()
-    device = _torch_device(s.device)
+    device = torch_device(s.device)
     model = SentenceTransformer(str(base), device=device)
     serving_max_len = int(model.max_seq_length or s.max_seq_length)
     model.max_seq_length = min(s.max_seq_length, serving_max_len)  # training-time truncation only

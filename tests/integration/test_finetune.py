@@ -269,3 +269,20 @@ def test_promoted_transfer_head_serves_its_own_accuracy(
     ]
     p = json.loads(r.invoke(cli, ["classify", "my card has not arrived", "--json", *store]).stdout)["predictions"][0]
     assert p["source"] == "head" and p["neighbours"] and 0 < p["confidence"] <= 1
+
+
+def test_cli_device_cuda_without_a_gpu_is_refused_before_anything_is_written(
+    tiny: tuple[TaskSet, TaskSet], tmp_path: Path
+) -> None:
+    import torch
+    from click.testing import CliRunner
+
+    from knnclass.cli import cli
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    tiny[0].write_csv(tmp_path / "train.csv")
+    out = tmp_path / "run"
+    res = CliRunner().invoke(cli, ["finetune", str(tmp_path / "train.csv"), "--device", "cuda", "--out", str(out)])
+    assert res.exit_code != 0 and "torch sees no CUDA device" in res.output and "Traceback" not in res.output
+    assert not out.exists()

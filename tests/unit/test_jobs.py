@@ -425,11 +425,11 @@ def test_promote_new_encoder_with_service_running(tmp_path: Path) -> None:
 def test_training_device_follows_what_torch_sees(monkeypatch: pytest.MonkeyPatch) -> None:
     torch = pytest.importorskip("torch")
     from knnclass.errors import DependencyError
-    from knnclass.jobs.train import _torch_device
+    from knnclass.jobs.train import torch_device
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    assert _torch_device("auto") == "cpu" and _torch_device("cpu") == "cpu"
+    assert torch_device("auto") == "cpu" and torch_device("cpu") == "cpu"
     with pytest.raises(DependencyError, match="torch sees no CUDA device"):
-        _torch_device("cuda")
+        torch_device("cuda")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    assert _torch_device("auto") == "cuda" and _torch_device("cuda") == "cuda" and _torch_device("cpu") == "cpu"
+    assert torch_device("auto") == "cuda" and torch_device("cuda") == "cuda" and torch_device("cpu") == "cpu"

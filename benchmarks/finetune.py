@@ -108,6 +108,9 @@ def main() -> None:
     ap.add_argument("--last-layer-epochs", type=int, default=None)
     ap.add_argument("--threads", type=int, default=None, help="torch threads (1 beats 2 on a shared 2-core box)")
     ap.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="torch training device")
+    ap.add_argument(
+        "--base-model", default=None, help="sentence-transformers dir to start from (default all-MiniLM-L6-v2)"
+    )
     ap.add_argument("--max-seq-length", type=int, default=128)
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--scale", type=float, default=20.0)
@@ -173,6 +176,7 @@ def main() -> None:
             base=base,
             per_strategy={"last-layer": last_layer, "contrastive": contrastive},
             test=test,
+            base_model=a.base_model,
             log=lambda s: print(s, file=sys.stderr, flush=True),
         )
         wall = time.perf_counter() - t0

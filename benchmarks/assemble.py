@@ -73,6 +73,13 @@ SECTIONS = [
         "--max-seq-length 64 --threads 2 --batch-size 128 --name finetune-contrastive-mnrl-b128",
     ),
     (
+        "finetune-2stage-contrastive",
+        "Two stages (issue #19): full tuning, then contrastive tuning on top",
+        "benchmarks/finetune.py --strategies full --epochs 4 --max-seq-length 64 --threads 2 --name finetune-2stage-full, "
+        "then --strategies knn,contrastive --loss mnrl --epochs 3 --contrastive-lr 5e-5 --base-model RUN/full/encoder-st "
+        "--name finetune-2stage-contrastive",
+    ),
+    (
         "finetune-ensemble",
         "Ensemble rule: a head blended with the kNN vote (issue #19)",
         "benchmarks/finetune.py --strategies knn,transfer,full --name finetune-ensemble",

@@ -63,9 +63,12 @@ class Server:
         return int(self.proc.returncode)
 
 
-def kill_9_during_live_adds(store: Path, writers: int, seconds: float, batch: int = 8) -> dict[str, Any]:
-    """Start a server, add examples from `writers` threads, SIGKILL it after `seconds`,
-    restart it and look up every add that was acknowledged (2xx) before the kill."""
+def kill_9_during_live_adds(
+    store: Path, writers: int, seconds: float, batch: int = 8, min_acked: int = 0
+) -> dict[str, Any]:
+    """Start a server, add examples from `writers` threads, SIGKILL it after `seconds` (and once
+    at least `min_acked` adds were acknowledged, on a slow machine), restart it and look up every
+    add that was acknowledged (2xx) before the kill."""
     s = Server(store)
     s.wait_ready()
     acked: list[str] = []
@@ -93,6 +96,9 @@ def kill_9_during_live_adds(store: Path, writers: int, seconds: float, batch: in
     for t in threads:
         t.start()
     time.sleep(seconds)
+    deadline = time.monotonic() + 120
+    while len(acked) < min_acked and time.monotonic() < deadline and any(t.is_alive() for t in threads):
+        time.sleep(0.05)
     s.proc.kill()  # SIGKILL mid-write
     s.proc.wait()
     stop.set()

@@ -39,6 +39,7 @@ from knnclass.jobs.finetune import (
     run_finetune,
     split_validation,
 )
+from knnclass.jobs.settings import DEVICES
 
 
 def compare_losses(a: argparse.Namespace, train: TaskSet, val: TaskSet, base: FinetuneSettings) -> None:
@@ -107,7 +108,7 @@ def main() -> None:
     ap.add_argument("--last-layer-lr", type=float, default=1e-4)
     ap.add_argument("--last-layer-epochs", type=int, default=None)
     ap.add_argument("--threads", type=int, default=None, help="torch threads (1 beats 2 on a shared 2-core box)")
-    ap.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="torch training device")
+    ap.add_argument("--device", default=DEVICES[0], choices=DEVICES, help="torch training device")
     ap.add_argument(
         "--base-model", default=None, help="sentence-transformers dir to start from (default all-MiniLM-L6-v2)"
     )

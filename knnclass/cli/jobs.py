@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 
 _STRATEGIES = ("full", "last-layer", "transfer", "knn", "contrastive")
 _LOSSES = ("mnrl", "batch-all", "supcon", "batch-hard-soft")  # = jobs.settings.LOSSES (default first)
+_DEVICES = ("auto", "cpu", "cuda")  # = jobs.settings.DEVICES (default first)
 
 
 def _log(msg: str) -> None:
@@ -125,9 +126,9 @@ def _data_options(f: Any) -> Any:
         ),
         click.option(
             "--device",
-            default="auto",
+            default=_DEVICES[0],
             show_default=True,
-            type=click.Choice(["auto", "cpu", "cuda"]),
+            type=click.Choice(_DEVICES),
             help="torch training device (auto: cuda where torch sees one).",
         ),
         click.option(

@@ -7,10 +7,11 @@ from typing import Any
 
 from ..errors import InputError
 
-__all__ = ["CLASSIFIERS", "LOSSES", "STRATEGIES", "FinetuneSettings"]
+__all__ = ["CLASSIFIERS", "DEVICES", "LOSSES", "STRATEGIES", "FinetuneSettings"]
 
 STRATEGIES = ("full", "last-layer", "transfer", "knn", "contrastive")
 CLASSIFIERS = ("logreg", "svm", "mlp", "knn")
+DEVICES = ("auto", "cpu", "cuda")  # torch training devices; auto: cuda where torch sees one
 # contrastive losses (see jobs.losses); the first is the default: on Banking77, three full epochs each
 # (benchmarks/RESULTS.md), mnrl lifted validation kNN 92.5 -> 93.8 % and test 92.27 -> 92.66 %, while
 # batch-all never beat the pretrained encoder on validation
@@ -57,8 +58,8 @@ class FinetuneSettings:
             raise InputError(f"lr must be in (0, 1), not {self.lr}")
         if not 0 <= self.warmup < 1:
             raise InputError(f"warmup is a fraction of the steps in [0, 1), not {self.warmup}")
-        if self.device not in ("auto", "cpu", "cuda"):
-            raise InputError(f"device must be auto, cpu or cuda, not {self.device!r}")
+        if self.device not in DEVICES:
+            raise InputError(f"device must be {', '.join(DEVICES[:-1])} or {DEVICES[-1]}, not {self.device!r}")
         if self.loss not in LOSSES:
             raise InputError(f"loss must be one of {', '.join(LOSSES)}, not {self.loss!r}")
         if self.per_label < 2:

@@ -96,7 +96,8 @@ def _live_shard(vdir: Path) -> Path:
 
 def _recover_index_build(vdir: Path) -> Path:
     """Undo what a crash during an index build left (a half-built or replaced shard dir beside the
-    live one) and return the live shard's path: a swap is one atomic write of SHARD_POINTER."""
+    live one) and return the live shard's path: a swap is one atomic write of SHARD_POINTER.
+    A live shard that is missing raises StoreCorruptError and removes nothing."""
     path, old = vdir / "shard", vdir / "shard.old"
     # stores from before SHARD_POINTER swapped by two renames: a crash between them left shard.old
     pointed = (vdir / SHARD_POINTER).exists()
@@ -104,13 +105,12 @@ def _recover_index_build(vdir: Path) -> Path:
         shutil.rmtree(path, ignore_errors=True)
         os.replace(old, path)
     live = _live_shard(vdir)
-    if not (live / "edge_config.json").exists():
-        if not pointed:
-            return live  # a version with no shard yet (or a legacy one): nothing to clean up
-        # a pointer to a missing or partial shard: delete nothing, the other dirs may hold the data
-        raise StoreCorruptError(
-            f"{vdir / SHARD_POINTER}: names {live.name}, which is not a shard; the store is damaged"
-        )
+    if not (live / "edge_config.json").exists():  # delete nothing: the other dirs may hold the data
+        if pointed:
+            raise StoreCorruptError(
+                f"{vdir / SHARD_POINTER}: names {live.name}, which is not a shard; the store is damaged"
+            )
+        raise StoreCorruptError(f"{live}: shard files are missing; the store is damaged")
     for p in vdir.iterdir():
         if p.name.startswith("shard") and p.is_dir() and p != live:
             shutil.rmtree(p, ignore_errors=True)
@@ -287,8 +287,6 @@ class EdgeStore(Store):
             from qdrant_edge import EdgeShard
 
             path = _recover_index_build(self._vdir(ref))
-            if not (path / "edge_config.json").exists():
-                raise StoreCorruptError(f"{path}: shard files are missing; the store is damaged")
             try:
                 shard = EdgeShard.load(str(path))
             except Exception as e:

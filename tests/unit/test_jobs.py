@@ -108,11 +108,12 @@ def test_tasks_split_and_settings(tmp_path: Path) -> None:
         FinetuneSettings(scheduler="steep")
     with pytest.raises(InputError, match="device must be auto, cpu or cuda"):
         FinetuneSettings(device="tpu")
-    from knnclass.cli.jobs import _LOSSES
-    from knnclass.jobs.settings import LOSSES
+    from knnclass.cli.jobs import _DEVICES, _LOSSES
+    from knnclass.jobs.settings import DEVICES, LOSSES
 
     # the CLI keeps its own copy (it must not import the training stack): same losses, same default
     assert _LOSSES == LOSSES and FinetuneSettings().loss == LOSSES[0] == "mnrl"
+    assert _DEVICES == DEVICES and FinetuneSettings().device == DEVICES[0] == "auto"
 
 
 def test_knn_scoring_matches_brute_force() -> None:

@@ -96,7 +96,9 @@ def gpu_name(device: str) -> str | None:
     """The GPU torch trains on with `device` (auto, cpu or cuda), if any."""
     import torch
 
-    return torch.cuda.get_device_name() if device != "cpu" and torch.cuda.is_available() else None
+    from knnclass.jobs.train import torch_device
+
+    return torch.cuda.get_device_name() if torch_device(device) == "cuda" else None
 
 
 def main() -> None:
@@ -211,9 +213,10 @@ def main() -> None:
         }
     served = rows[0].get("test_accuracy") or 0 if rows else 0  # the row validation ranks first
     checks["served_rule_test_accuracy"] = {"value": served, "bar": 0.95, "pass": served >= 0.95}
+    gpu = gpu_name(a.device)
     result = {
         "settings": {**vars(a), "n_train": len(train.texts), "n_validation": len(val.texts), "n_test": len(test.texts)},
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "gpu": gpu_name(a.device)},
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "gpu": gpu},
         "run_dir": str(out),
         "complete": complete,
         "checks": checks,
@@ -224,7 +227,7 @@ def main() -> None:
         "",
         f"`python benchmarks/finetune.py {' '.join(sys.argv[1:])}` — {len(train.texts)} train / "
         f"{len(val.texts)} validation (carved from train, seed {a.seed}) / {len(test.texts)} test, scored once. "
-        f"{os.cpu_count()} CPU cores{f', training on one {gpu_name(a.device)}' if gpu_name(a.device) else ' (shared)'}. "
+        f"{os.cpu_count()} CPU cores{f', training on one {gpu}' if gpu else ' (shared)'}. "
         "Ranked by validation accuracy.",
         "",
         markdown_table(report),
